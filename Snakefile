@@ -1,0 +1,23 @@
+# histoatlas: latent-space analysis of whole-slide histology images.
+# Usage: `make demo`, or `snakemake --cores N --workflow-profile profiles/default`.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/dataset.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

@@ -1,0 +1,76 @@
+"""Config schema: defaults, coercion of --config strings, and rejection of bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from histoatlas.config import coerce_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validated(config):
+    config = coerce_config(config, SCHEMA)
+    validate(config, str(SCHEMA_PATH))
+    return config
+
+
+def test_shipped_config_is_valid_and_complete():
+    shipped = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = validated(dict(shipped))
+    for section in ("tiles", "features", "umap", "plots", "mosaic", "saliency", "demo"):
+        documented = set(SCHEMA["properties"][section]["properties"])
+        assert set(config[section]) == documented, section
+
+
+def test_defaults_fill_an_empty_config():
+    config = validated({})
+    assert config["tiles"]["px"] == 224
+    assert config["umap"]["n_neighbors"] == 50
+    assert config["umap"]["metric"] == "cosine"
+    assert config["mosaic"]["num_tiles_x"] == 50
+    assert config["features"]["layers"] == ["postconv"]
+
+
+def test_nested_command_line_strings_are_coerced():
+    # What `snakemake --config "umap={n_neighbors: 15}" tiles=...` hands over.
+    config = validated(
+        {
+            "umap": {"n_neighbors": "15", "min_dist": "0.2", "pca_dim": "null"},
+            "tiles": {"um": "20x", "otsu": "false", "px": "256"},
+            "features": {"layers": ["block3", "postconv"]},
+        }
+    )
+    assert config["umap"]["n_neighbors"] == 15 and config["umap"]["min_dist"] == 0.2
+    assert config["umap"]["pca_dim"] is None
+    assert config["tiles"]["um"] == "20x" and config["tiles"]["otsu"] is False
+    assert config["tiles"]["px"] == 256
+
+
+def test_numeric_tile_um_given_as_string_becomes_number():
+    assert validated({"tiles": {"um": "112"}})["tiles"]["um"] == 112
+
+
+@pytest.mark.parametrize(
+    ("config", "culprit"),
+    [
+        ({"tiles": {"px": "many"}}, "px"),
+        ({"tiles": {"px": 2}}, "px"),
+        ({"umap": {"n_neighbors": 1}}, "n_neighbors"),
+        ({"features": {"pooling": "mean"}}, "pooling"),
+        ({"tiles": {"um": "20y"}}, "um"),
+        ({"mosaic": {"tile_select": "random"}}, "tile_select"),
+        ({"cohort": "../x"}, "cohort"),
+        ({"umap": {"n_neighbours": 15}}, "n_neighbours"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(config, culprit):
+    with pytest.raises(WorkflowError, match=culprit):
+        validated(config)

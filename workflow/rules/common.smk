@@ -1,0 +1,99 @@
+# Config and sheet validation, wildcard constraints, and every helper function.
+import sys
+from pathlib import Path
+
+import pandas as pd
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+
+from histoatlas.config import coerce_config  # noqa: E402
+from histoatlas.sheet import check_label_columns, read_sheet  # noqa: E402
+
+import yaml  # noqa: E402
+
+DEMO_SHEET = "resources/demo/slides.csv"
+DEMO_MODEL = "resources/demo/model"
+ID_PATTERN = "[A-Za-z0-9._-]+"
+
+with open(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml") as fh:
+    _CONFIG_SCHEMA = yaml.safe_load(fh)
+config.update(coerce_config(dict(config), _CONFIG_SCHEMA))
+validate(config, "../schemas/config.schema.yaml")
+
+
+def _load_sheet():
+    """The slide sheet; for a demo run not yet built, the ids the demo will write."""
+    if config["slides"] == DEMO_SHEET and not Path(DEMO_SHEET).exists():
+        n = config["demo"]["n_slides"]
+        ids = [f"demo-{i}" for i in range(1, n + 1)]
+        return pd.DataFrame(
+            {"slide": ids, "path": [f"resources/demo/slides/{s}.tiff" for s in ids]}
+        )
+    sheet = read_sheet(config["slides"])
+    validate(sheet, "../schemas/slides.schema.yaml")
+    check_label_columns(sheet, config["plots"]["labels"], source=config["slides"])
+    return sheet
+
+
+SHEET = _load_sheet().set_index("slide", drop=False)
+COHORT = config["cohort"]
+FEATURESET = config["features"]["name"]
+
+
+wildcard_constraints:
+    slide=ID_PATTERN,
+    cohort=ID_PATTERN,
+    # Only the configured featureset can be built: its params come from this config.
+    featureset=FEATURESET.replace(".", r"\."),
+
+
+def slide_h5(slide):
+    """Per-slide activations file of the configured featureset."""
+    return f"results/features/{FEATURESET}/{slide}.h5"
+
+
+def cohort_h5_files(wildcards):
+    """Per-slide activation files of every slide in the sheet, in sheet order."""
+    return [slide_h5(s) for s in SHEET["slide"]]
+
+
+def slide_path(wildcards):
+    """The slide file, marked ancient: a copied slide (new mtime) is not re-extracted."""
+    return ancient(SHEET.loc[wildcards.slide, "path"])
+
+
+def slide_mpp(wildcards):
+    """The sheet's mpp for the slide, or None to use the file's."""
+    if "mpp" not in SHEET.columns or pd.isna(SHEET.loc[wildcards.slide, "mpp"]):
+        return None
+    return float(SHEET.loc[wildcards.slide, "mpp"])
+
+
+def model_files(wildcards):
+    """Files the model consists of, so that a retrained model re-extracts."""
+    model = Path(config["model"])
+    if config["model"] == DEMO_MODEL:
+        return [str(model / "params.json"), str(model / "weights.pt")]
+    if model.is_dir():
+        return sorted(str(p) for p in model.rglob("*") if p.is_file())
+    return [str(model)]
+
+
+def demo_slide_files(wildcards):
+    """The demo's slide files (outputs of make_demo_slides)."""
+    return [f"resources/demo/slides/{s}.tiff" for s in SHEET["slide"]]
+
+
+def dataset_files(cohort):
+    """The merged dataset table of a cohort."""
+    return {
+        "tiles": f"results/{cohort}/dataset/tiles.parquet",
+        "slides": f"results/{cohort}/dataset/slides.parquet",
+        "features": f"results/{cohort}/dataset/features.h5",
+    }
+
+
+def final_targets():
+    """Everything `rule all` builds for the configured cohort."""
+    return list(dataset_files(COHORT).values())

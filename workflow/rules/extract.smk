@@ -1,0 +1,23 @@
+rule extract_activations:
+    input:
+        slide=slide_path,
+        model=model_files,
+    output:
+        h5="results/features/{featureset}/{slide}.h5",
+    params:
+        model=lookup(dpath="model", within=config),
+        trust_model_code=lookup(dpath="trust_model_code", within=config),
+        tiles=lookup(dpath="tiles", within=config),
+        features=lookup(dpath="features", within=config),
+        mpp=slide_mpp,
+    log:
+        "logs/extract_activations/{featureset}/{slide}.log",
+    benchmark:
+        "logs/extract_activations/{featureset}/{slide}.benchmark.tsv"
+    threads: 4
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/extract_activations.py"

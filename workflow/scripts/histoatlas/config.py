@@ -1,0 +1,86 @@
+"""Coerce command-line config overrides to the types the config schema declares.
+
+``snakemake --config "umap={n_neighbors: 15}"`` merges the nested key, but Snakemake 9
+hands the nested value over as the string ``'15'``, which the schema would reject (or,
+worse, pass on as a string). Each string whose schema type is not ``string`` is parsed
+as YAML and kept when it gives the declared type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+_PY_TYPES = {
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "array": list,
+    "object": dict,
+    "null": type(None),
+    "string": str,
+}
+
+
+def _types(schema: dict) -> list[str]:
+    if "type" in schema:
+        t = schema["type"]
+        return t if isinstance(t, list) else [t]
+    out: list[str] = []
+    for option in schema.get("oneOf", []) + schema.get("anyOf", []):
+        out += _types(option)
+    if "enum" in schema:
+        out += sorted({_json_type(v) for v in schema["enum"]})
+    return out
+
+
+def _json_type(value: Any) -> str:
+    for name, py in _PY_TYPES.items():
+        if isinstance(value, py) and not (name in ("integer", "number") and isinstance(value, bool)):
+            return name
+    return "string"
+
+
+def _matches(value: Any, types: list[str]) -> bool:
+    if isinstance(value, bool):
+        return "boolean" in types
+    return any(isinstance(value, _PY_TYPES[t]) for t in types if t != "boolean")
+
+
+def coerce_config(value: Any, schema: dict) -> Any:
+    """Return ``value`` with strings parsed where the schema expects another type.
+
+    Parameters
+    ----------
+    value : any
+        A config (sub)tree, as Snakemake built it from config files and ``--config``.
+    schema : dict
+        The JSON schema of that (sub)tree.
+
+    Returns
+    -------
+    any
+        A new tree; the input is not modified. Values that do not parse into a declared
+        type are left as they are, for schema validation to report.
+
+    Examples
+    --------
+    >>> schema = {"type": "object", "properties": {"k": {"type": "integer"}}}
+    >>> coerce_config({"k": "15"}, schema)
+    {'k': 15}
+    """
+    types = _types(schema)
+    if isinstance(value, str) and set(types) - {"string"}:
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if not isinstance(parsed, str) and _matches(parsed, types):
+            value = parsed
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: coerce_config(v, props.get(k, {})) for k, v in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [coerce_config(v, schema["items"]) for v in value]
+    return value

@@ -1,0 +1,383 @@
+"""The cohort's dataset table: per-slide HDF5 files merged into one view.
+
+``merge_dataset`` writes ``tiles.parquet`` (one row per tile), ``slides.parquet`` (one
+row per slide) and ``features.h5``, whose ``features`` is an HDF5 virtual dataset over
+the per-slide files (no copy of the activations) and whose ``slide_features`` holds
+each slide's mean activation. ``DatasetFeatures`` is the in-memory view that the
+UMAP, mosaic and saliency steps (and users) work with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from histoatlas.atomic import atomic_output
+from histoatlas.errors import EmptyDatasetError, HistoatlasError
+from histoatlas.sheet import label_columns
+
+TILE_KEYS = ["slide", "tile", "x", "y", "grid_i", "grid_j"]
+SLIDE_GEOMETRY = ["path", "mpp", "tile_px", "tile_um", "patch_size_level0"]
+
+
+def merge_dataset(
+    h5_paths: Sequence[str | os.PathLike],
+    sheet: pd.DataFrame,
+    *,
+    tiles_path: str | os.PathLike,
+    slides_path: str | os.PathLike,
+    features_path: str | os.PathLike,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Merge per-slide HDF5 files into the cohort's dataset table.
+
+    Parameters
+    ----------
+    h5_paths : sequence of path
+        One per-slide file per row of ``sheet``, in the same order.
+    sheet : DataFrame
+        The checked slide sheet (``slide``, ``path``, optional ``mpp``, labels).
+    tiles_path, slides_path, features_path : path
+        Where to write ``tiles.parquet``, ``slides.parquet`` and ``features.h5``.
+
+    Returns
+    -------
+    tiles, slides : DataFrame
+        The tables as written.
+
+    Raises
+    ------
+    HistoatlasError
+        If the files disagree on layers, feature width or classes (they come from
+        different featuresets), naming the first file that differs.
+    """
+    import h5py
+
+    from histoatlas.slide_h5 import read_slide_h5
+
+    if len(h5_paths) != len(sheet):
+        raise ValueError(f"{len(h5_paths)} h5 files for {len(sheet)} sheet rows")
+    labels = label_columns(sheet)
+    tiles, slides, slide_means, sources = [], [], [], []
+    reference = None
+    for path, (_, row) in zip(h5_paths, sheet.iterrows()):
+        sf = read_slide_h5(path)
+        signature = _signature(sf.attrs, sf.features.shape[1])
+        if reference is None:
+            reference = (path, signature)
+        elif signature != reference[1]:
+            raise HistoatlasError(
+                f"{path} has layers/width/classes {signature}, but {reference[0]} has "
+                f"{reference[1]}; all slides of a dataset must come from one featureset"
+            )
+        n = len(sf.coords)
+        table = pd.DataFrame(
+            {
+                "slide": row["slide"],
+                "tile": np.arange(n, dtype=np.int64),
+                "x": sf.coords[:, 0],
+                "y": sf.coords[:, 1],
+                "grid_i": sf.grid[:, 0],
+                "grid_j": sf.grid[:, 1],
+            }
+        )
+        for label in labels:
+            table[label] = row[label]
+        if sf.predictions is not None:
+            names = _class_names(sf.attrs, sf.predictions.shape[1])
+            for k, name in enumerate(names):
+                table[f"pred_{name}"] = sf.predictions[:, k]
+            table["pred_label"] = pd.Series(
+                np.asarray(names, dtype=object)[sf.predictions.argmax(axis=1)]
+                if n
+                else np.empty(0, dtype=object),
+                dtype=object,
+            )
+        tiles.append(table)
+        slides.append(
+            {
+                "slide": row["slide"],
+                "path": str(sf.attrs.get("slide_path", row["path"])),
+                "mpp": float(sf.attrs["mpp"]),
+                "tile_px": int(sf.attrs["tile_px"]),
+                "tile_um": float(sf.attrs["tile_um"]),
+                "patch_size_level0": int(sf.attrs["patch_size_level0"]),
+                "n_tiles": n,
+                **{label: row[label] for label in labels},
+            }
+        )
+        width = sf.features.shape[1]
+        slide_means.append(
+            sf.features.mean(axis=0) if n else np.full(width, np.nan, dtype=np.float32)
+        )
+        sources.append((Path(path), n, width))
+
+    tiles_df = pd.concat(tiles, ignore_index=True)
+    slides_df = pd.DataFrame(slides)
+    with atomic_output(tiles_path) as tmp:
+        tiles_df.to_parquet(tmp, index=False)
+    with atomic_output(slides_path) as tmp:
+        slides_df.to_parquet(tmp, index=False)
+    with atomic_output(features_path) as tmp, h5py.File(tmp, "w") as f:
+        _write_virtual_features(f, sources, Path(features_path).parent)
+        f.create_dataset("slide_features", data=np.stack(slide_means).astype(np.float32))
+        f.attrs["slides"] = json.dumps(slides_df["slide"].tolist())
+        f.attrs["n_tiles"] = json.dumps(slides_df["n_tiles"].tolist())
+        attrs = read_slide_h5(h5_paths[0]).attrs
+        for key in ("layers", "layer_slices", "class_names"):
+            f.attrs[key] = json.dumps(attrs.get(key))
+        for key in ("pooling", "model", "model_sha256"):
+            f.attrs[key] = str(attrs.get(key))
+    return tiles_df, slides_df
+
+
+def _signature(attrs: dict, width: int) -> tuple:
+    return (tuple(attrs.get("layers") or ()), width, tuple(attrs.get("class_names") or ()))
+
+
+def _class_names(attrs: dict, n_classes: int) -> list[str]:
+    names = list(attrs.get("class_names") or ())
+    return names if len(names) == n_classes else [str(k) for k in range(n_classes)]
+
+
+def _write_virtual_features(f, sources: list[tuple[Path, int, int]], out_dir: Path) -> None:
+    """Create ``features`` as a virtual dataset over each slide file's ``features``.
+
+    Source paths are stored relative to the dataset file, which HDF5 resolves against
+    the dataset file's own directory, so the results folder can be moved as a whole.
+    """
+    import h5py
+
+    width = sources[0][2]
+    total = sum(n for _, n, _ in sources)
+    if total == 0:
+        f.create_dataset("features", shape=(0, width), dtype=np.float32)
+        return
+    layout = h5py.VirtualLayout(shape=(total, width), dtype=np.float32)
+    start = 0
+    for path, n, _ in sources:
+        if n == 0:
+            continue
+        rel = os.path.relpath(Path(path).resolve(), out_dir.resolve())
+        layout[start : start + n] = h5py.VirtualSource(rel, "features", shape=(n, width))
+        start += n
+    f.create_virtual_dataset("features", layout, fillvalue=np.nan)
+
+
+class DatasetFeatures:
+    """Activations, predictions and locations of every tile of a cohort.
+
+    Mirrors slideflow's ``DatasetFeatures``: ``activations``, ``predictions`` and
+    ``locations`` are dicts keyed by slide; ``features`` is the ``(N, F)`` array in the
+    order of ``tiles``.
+
+    Parameters
+    ----------
+    tiles : DataFrame
+        One row per tile: ``slide``, ``tile``, ``x``, ``y``, ``grid_i``, ``grid_j``, label
+        columns, ``pred_<class>`` columns and ``pred_label``.
+    features : ndarray, shape (N, F), dtype float32
+        Activations, rows in the order of ``tiles``.
+    slides : DataFrame, optional
+        One row per slide: ``slide``, ``path``, ``mpp``, ``tile_px``, ``tile_um``,
+        ``patch_size_level0``, ``n_tiles``, labels. Derived from ``tiles`` when omitted.
+    predictions : ndarray, shape (N, C), optional
+        Model outputs; taken from the ``pred_<class>`` columns when omitted.
+    class_names : sequence of str
+        One per prediction column.
+
+    Examples
+    --------
+    >>> df = DatasetFeatures.from_dataset("results/demo/dataset")  # doctest: +SKIP
+    >>> df.activations["demo-1"].shape  # doctest: +SKIP
+    (143, 64)
+    >>> slide_map = df.map_activations(n_neighbors=15)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        tiles: pd.DataFrame,
+        features: np.ndarray,
+        *,
+        slides: pd.DataFrame | None = None,
+        predictions: np.ndarray | None = None,
+        class_names: Sequence[str] = (),
+    ) -> None:
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or len(features) != len(tiles):
+            raise ValueError(
+                f"features must be (N, F) with N = {len(tiles)} tiles, got {features.shape}"
+            )
+        self.tiles = tiles.reset_index(drop=True)
+        self.features = features
+        self.class_names = list(class_names)
+        if predictions is None and self.class_names:
+            columns = [f"pred_{c}" for c in self.class_names]
+            if all(c in tiles.columns for c in columns):
+                predictions = tiles[columns].to_numpy(np.float32)
+        self.predictions = None if predictions is None else np.asarray(predictions, np.float32)
+        if slides is None:
+            counts = self.tiles.groupby("slide", sort=False).size()
+            slides = pd.DataFrame({"slide": counts.index, "n_tiles": counts.to_numpy()})
+        self.slides = slides.reset_index(drop=True)
+
+    def __repr__(self) -> str:
+        return (
+            f"DatasetFeatures({len(self.slides)} slides, {len(self.tiles)} tiles, "
+            f"{self.num_features} features, classes={self.class_names})"
+        )
+
+    @property
+    def num_features(self) -> int:
+        """Width ``F`` of the activations."""
+        return self.features.shape[1]
+
+    @property
+    def slide_names(self) -> list[str]:
+        """Slide ids in dataset order."""
+        return self.slides["slide"].tolist()
+
+    def _rows_by_slide(self) -> dict[str, np.ndarray]:
+        groups = self.tiles.groupby("slide", sort=False).indices
+        return {s: groups.get(s, np.empty(0, dtype=np.int64)) for s in self.slide_names}
+
+    @property
+    def activations(self) -> dict[str, np.ndarray]:
+        """``(n_tiles, F)`` activations per slide."""
+        return {s: self.features[rows] for s, rows in self._rows_by_slide().items()}
+
+    @property
+    def predictions_by_slide(self) -> dict[str, np.ndarray]:
+        """``(n_tiles, C)`` predictions per slide (empty dict without predictions)."""
+        if self.predictions is None:
+            return {}
+        return {s: self.predictions[rows] for s, rows in self._rows_by_slide().items()}
+
+    @property
+    def locations(self) -> dict[str, np.ndarray]:
+        """``(n_tiles, 2)`` level-0 (x, y) of each tile's top-left corner, per slide."""
+        xy = self.tiles[["x", "y"]].to_numpy(np.int64)
+        return {s: xy[rows] for s, rows in self._rows_by_slide().items()}
+
+    def require_tiles(self, what: str) -> None:
+        """Raise EmptyDatasetError, naming ``what`` needed them, if there are no tiles."""
+        if len(self.tiles) == 0:
+            raise EmptyDatasetError(
+                f"{what}: the cohort has no tiles ({len(self.slides)} slides, every one without "
+                "tissue after filtering); check the slides, or relax the tissue filters in "
+                "config `tiles:`"
+            )
+
+    @classmethod
+    def from_dataset(cls, dataset_dir: str | os.PathLike) -> DatasetFeatures:
+        """Load the merged dataset written by ``merge_dataset`` (the ``dataset/`` folder)."""
+        import h5py
+
+        dataset_dir = Path(dataset_dir)
+        tiles = pd.read_parquet(dataset_dir / "tiles.parquet")
+        slides = pd.read_parquet(dataset_dir / "slides.parquet")
+        with h5py.File(dataset_dir / "features.h5", "r") as f:
+            features = f["features"][()]
+            class_names = json.loads(f.attrs["class_names"]) or []
+        if np.isnan(features).any():
+            raise HistoatlasError(
+                f"{dataset_dir / 'features.h5'} reads NaN rows: a per-slide file it points to "
+                "has moved or changed; rerun merge_dataset"
+            )
+        return cls(tiles, features, slides=slides, class_names=class_names)
+
+    @classmethod
+    def from_h5_dir(
+        cls, folder: str | os.PathLike, slides: Sequence[str] | None = None
+    ) -> DatasetFeatures:
+        """Build from a folder of per-slide ``{slide}.h5`` files (no sheet, no labels).
+
+        Parameters
+        ----------
+        folder : path
+            Folder holding the per-slide files (e.g. ``results/features/demo``).
+        slides : sequence of str, optional
+            Which slides, in this order; default all ``*.h5`` files, sorted.
+        """
+        from histoatlas.slide_h5 import read_slide_h5
+
+        folder = Path(folder)
+        names = list(slides) if slides is not None else sorted(p.stem for p in folder.glob("*.h5"))
+        if not names:
+            raise EmptyDatasetError(f"{folder} holds no per-slide .h5 files")
+        tiles, features, predictions, rows = [], [], [], []
+        class_names: list[str] = []
+        for name in names:
+            sf = read_slide_h5(folder / f"{name}.h5")
+            n = len(sf.coords)
+            tiles.append(
+                pd.DataFrame(
+                    {
+                        "slide": name,
+                        "tile": np.arange(n),
+                        "x": sf.coords[:, 0],
+                        "y": sf.coords[:, 1],
+                        "grid_i": sf.grid[:, 0],
+                        "grid_j": sf.grid[:, 1],
+                    }
+                )
+            )
+            features.append(sf.features)
+            if sf.predictions is not None:
+                predictions.append(sf.predictions)
+                class_names = _class_names(sf.attrs, sf.predictions.shape[1])
+            rows.append(
+                {"slide": name, **{k: sf.attrs.get(k) for k in _H5_GEOMETRY}, "n_tiles": n}
+            )
+        slides_df = pd.DataFrame(rows).rename(columns={"slide_path": "path"})
+        return cls(
+            pd.concat(tiles, ignore_index=True),
+            np.concatenate(features),
+            slides=slides_df,
+            predictions=np.concatenate(predictions) if len(predictions) == len(names) else None,
+            class_names=class_names,
+        )
+
+    def map_activations(self, **kwargs):
+        """Fit UMAP on the activations; see :meth:`histoatlas.SlideMap.from_features`."""
+        from histoatlas.slidemap import SlideMap
+
+        return SlideMap.from_features(self, **kwargs)
+
+    def to_df(self) -> pd.DataFrame:
+        """Tiles table with an ``activations`` column (one ``(F,)`` array per tile)."""
+        df = self.tiles.copy()
+        df["activations"] = list(self.features)
+        return df
+
+    def to_torch(self, outdir: str | os.PathLike) -> list[Path]:
+        """Write ``{slide}.pt`` (float32 tensor ``(n, F)``) and ``{slide}.index.npz``.
+
+        The index holds ``coords`` ``(n, 2)`` int64, as MIL training code expects.
+
+        Returns
+        -------
+        list of Path
+            The ``.pt`` files written, one per slide.
+        """
+        import torch
+
+        outdir = Path(outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        written = []
+        locations = self.locations
+        for slide, feats in self.activations.items():
+            pt = outdir / f"{slide}.pt"
+            with atomic_output(pt) as tmp:
+                torch.save(torch.from_numpy(np.ascontiguousarray(feats)), tmp)
+            with atomic_output(outdir / f"{slide}.index.npz") as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, coords=locations[slide])
+            written.append(pt)
+        return written
+
+
+_H5_GEOMETRY = ["slide_path", "mpp", "tile_px", "tile_um", "patch_size_level0"]

@@ -1,0 +1,149 @@
+"""Read and check the slide sheet (one row per slide).
+
+The sheet is a CSV with ``slide`` (unique id, used in file names), ``path`` (to the
+WSI, relative to the working directory or absolute), an optional ``mpp`` (overrides the
+file's microns per pixel) and any number of label columns. Errors name the row (as
+the 1-based line of the CSV, header being line 1) and the column.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from histoatlas.errors import SheetError
+
+SLIDE_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
+_SLIDE_ID = re.compile(SLIDE_ID_PATTERN)
+REQUIRED_COLUMNS = ("slide", "path")
+MPP_RANGE = (0.0, 100.0)  # exclusive lower, inclusive upper bound, in microns per pixel
+
+
+def read_sheet(path: str | Path) -> pd.DataFrame:
+    """Read a slide sheet and check it.
+
+    Parameters
+    ----------
+    path : str or Path
+        CSV file.
+
+    Returns
+    -------
+    DataFrame
+        One row per slide in sheet order, ``slide`` and ``path`` as str, ``mpp`` as
+        float (NaN where not given) when the column exists.
+
+    Raises
+    ------
+    SheetError
+        If the file is missing or unreadable, or any check of :func:`check_sheet` fails.
+
+    Examples
+    --------
+    >>> sheet = read_sheet("slides.csv")  # doctest: +SKIP
+    >>> list(sheet.columns)  # doctest: +SKIP
+    ['slide', 'path', 'subtype']
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SheetError(f"slide sheet {path} does not exist; set `slides:` in config.yaml")
+    try:
+        sheet = pd.read_csv(path, dtype={"slide": str, "path": str}, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise SheetError(f"slide sheet {path} is not a readable CSV: {e}") from None
+    return check_sheet(sheet, source=str(path))
+
+
+def check_sheet(sheet: pd.DataFrame, *, source: str = "slide sheet") -> pd.DataFrame:
+    """Check a slide sheet's columns, ids and MPP values.
+
+    Slide ids become file names, so they must match ``[A-Za-z0-9._-]+`` and may not be
+    ``.`` or ``..``: an id like ``../x`` can never write outside ``results/``.
+
+    Parameters
+    ----------
+    sheet : DataFrame
+        The sheet as read from CSV.
+    source : str
+        Name used in error messages (the file path).
+
+    Returns
+    -------
+    DataFrame
+        A cleaned copy (ids and paths stripped, ``mpp`` as float).
+
+    Raises
+    ------
+    SheetError
+        Naming the row and column of the first problem found.
+    """
+    sheet = sheet.copy()
+    sheet.columns = [str(c).strip() for c in sheet.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]
+    if missing:
+        raise SheetError(
+            f"{source}: missing column(s) {missing}; found {list(sheet.columns)}. "
+            "The sheet needs `slide` (unique id) and `path` (to the slide file)."
+        )
+    if sheet.empty:
+        raise SheetError(f"{source}: has no rows; add one row per slide")
+    for column in REQUIRED_COLUMNS:
+        values = sheet[column]
+        sheet[column] = values.where(values.isna(), values.astype(str).str.strip())
+    for row, (slide, slide_path) in enumerate(zip(sheet["slide"], sheet["path"]), start=2):
+        if pd.isna(slide) or slide == "":
+            raise SheetError(f"{source}, line {row}: column `slide` is empty; give every slide an id")
+        if not _SLIDE_ID.match(slide) or set(slide) == {"."}:
+            raise SheetError(
+                f"{source}, line {row}: slide id {slide!r} is not allowed; ids become file "
+                "names and may only use letters, digits, '.', '_' and '-' (not '.' or '..')"
+            )
+        if pd.isna(slide_path) or slide_path == "":
+            raise SheetError(f"{source}, line {row}: column `path` is empty for slide {slide!r}")
+    duplicated = sheet["slide"][sheet["slide"].duplicated(keep=False)]
+    if not duplicated.empty:
+        lines = [str(i + 2) for i in duplicated.index]
+        raise SheetError(
+            f"{source}: slide id {duplicated.iloc[0]!r} is not unique (lines {', '.join(lines)});"
+            " every slide needs its own id"
+        )
+    if "mpp" in sheet.columns:
+        sheet["mpp"] = _check_mpp(sheet, source)
+    return sheet.reset_index(drop=True)
+
+
+def _check_mpp(sheet: pd.DataFrame, source: str) -> pd.Series:
+    mpp = pd.to_numeric(sheet["mpp"], errors="coerce")
+    bad_type = mpp.isna() & sheet["mpp"].notna() & (sheet["mpp"].astype(str).str.strip() != "")
+    low, high = MPP_RANGE
+    out_of_range = mpp.notna() & ((mpp <= low) | (mpp > high))
+    for i in sheet.index[bad_type | out_of_range]:
+        raise SheetError(
+            f"{source}, line {i + 2}: `mpp` of slide {sheet['slide'][i]!r} is "
+            f"{str(sheet['mpp'][i]).strip()!r}; give microns per pixel as a number in ({low:g}, {high:g}] "
+            "(e.g. 0.25 at 40x, 0.5 at 20x), or leave it empty to use the file's value"
+        )
+    return mpp.astype(float)
+
+
+def check_label_columns(sheet: pd.DataFrame, labels: Iterable[str], *, source: str) -> None:
+    """Raise SheetError if a label column named in config is not in the sheet.
+
+    Built-in labels (``slide``, ``prediction``, ``uncertainty``, ``cluster``) need no column.
+    """
+    builtin = {"slide", "prediction", "uncertainty", "cluster"}
+    missing = [label for label in labels if label not in builtin and label not in sheet.columns]
+    if missing:
+        extra = [c for c in sheet.columns if c not in ("slide", "path", "mpp")]
+        raise SheetError(
+            f"{source}: label column(s) {missing} named in config (plots.labels) are not in "
+            f"the sheet; its label columns are {extra}"
+        )
+
+
+def label_columns(sheet: pd.DataFrame) -> list[str]:
+    """Return the sheet's label columns (everything but ``slide``, ``path`` and ``mpp``)."""
+    return [c for c in sheet.columns if c not in ("slide", "path", "mpp")]
