@@ -37,7 +37,9 @@ def _types(schema: dict) -> list[str]:
 
 def _json_type(value: Any) -> str:
     for name, py in _PY_TYPES.items():
-        if isinstance(value, py) and not (name in ("integer", "number") and isinstance(value, bool)):
+        if isinstance(value, py) and not (
+            name in ("integer", "number") and isinstance(value, bool)
+        ):
             return name
     return "string"
 

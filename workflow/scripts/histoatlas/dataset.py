@@ -64,7 +64,7 @@ def merge_dataset(
     labels = label_columns(sheet)
     tiles, slides, slide_means, sources = [], [], [], []
     reference = None
-    for path, (_, row) in zip(h5_paths, sheet.iterrows()):
+    for path, (_, row) in zip(h5_paths, sheet.iterrows(), strict=True):
         sf = read_slide_h5(path)
         signature = _signature(sf.attrs, sf.features.shape[1])
         if reference is None:
@@ -330,9 +330,7 @@ class DatasetFeatures:
             if sf.predictions is not None:
                 predictions.append(sf.predictions)
                 class_names = _class_names(sf.attrs, sf.predictions.shape[1])
-            rows.append(
-                {"slide": name, **{k: sf.attrs.get(k) for k in _H5_GEOMETRY}, "n_tiles": n}
-            )
+            rows.append({"slide": name, **{k: sf.attrs.get(k) for k in _H5_GEOMETRY}, "n_tiles": n})
         slides_df = pd.DataFrame(rows).rename(columns={"slide_path": "path"})
         return cls(
             pd.concat(tiles, ignore_index=True),

@@ -93,9 +93,13 @@ def check_sheet(sheet: pd.DataFrame, *, source: str = "slide sheet") -> pd.DataF
     for column in REQUIRED_COLUMNS:
         values = sheet[column]
         sheet[column] = values.where(values.isna(), values.astype(str).str.strip())
-    for row, (slide, slide_path) in enumerate(zip(sheet["slide"], sheet["path"]), start=2):
+    for row, (slide, slide_path) in enumerate(
+        zip(sheet["slide"], sheet["path"], strict=True), start=2
+    ):
         if pd.isna(slide) or slide == "":
-            raise SheetError(f"{source}, line {row}: column `slide` is empty; give every slide an id")
+            raise SheetError(
+                f"{source}, line {row}: column `slide` is empty; give every slide an id"
+            )
         if not _SLIDE_ID.match(slide) or set(slide) == {"."}:
             raise SheetError(
                 f"{source}, line {row}: slide id {slide!r} is not allowed; ids become file "
@@ -123,7 +127,8 @@ def _check_mpp(sheet: pd.DataFrame, source: str) -> pd.Series:
     for i in sheet.index[bad_type | out_of_range]:
         raise SheetError(
             f"{source}, line {i + 2}: `mpp` of slide {sheet['slide'][i]!r} is "
-            f"{str(sheet['mpp'][i]).strip()!r}; give microns per pixel as a number in ({low:g}, {high:g}] "
+            f"{str(sheet['mpp'][i]).strip()!r}; give microns per pixel as a number in "
+            f"({low:g}, {high:g}] "
             "(e.g. 0.25 at 40x, 0.5 at 20x), or leave it empty to use the file's value"
         )
     return mpp.astype(float)
