@@ -80,9 +80,9 @@ def model_files(wildcards):
     return [str(model)]
 
 
-def demo_slide_files(wildcards):
-    """The demo's slide files (outputs of make_demo_slides)."""
-    return [f"resources/demo/slides/{s}.tiff" for s in SHEET["slide"]]
+def demo_slide_files(suffix=".tiff"):
+    """The demo's slide files, or their class maps with suffix=".labels.png"."""
+    return [f"resources/demo/slides/{s}{suffix}" for s in SHEET["slide"]]
 
 
 def dataset_files(cohort):

