@@ -15,9 +15,12 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/dataset.smk"
+include: "workflow/rules/umap.smk"
+include: "workflow/rules/plots.smk"
+include: "workflow/rules/mosaic.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_targets(),
-    default_target: True

@@ -44,6 +44,7 @@ FEATURESET = config["features"]["name"]
 wildcard_constraints:
     slide=ID_PATTERN,
     cohort=ID_PATTERN,
+    label=ID_PATTERN,
     # Only the configured featureset can be built: its params come from this config.
     featureset=FEATURESET.replace(".", r"\."),
 
@@ -94,6 +95,28 @@ def dataset_files(cohort):
     }
 
 
+def dataset_inputs(wildcards):
+    """The dataset table of the job's cohort, as named inputs."""
+    return dataset_files(wildcards.cohort)
+
+
+def umap_reference(wildcards):
+    """An existing umap.joblib to project onto, when config names one."""
+    reference = config["umap"]["reference"]
+    return [reference] if reference else []
+
+
+def plot_labels():
+    """Labels to draw UMAP plots by: the config's, then the built-ins."""
+    builtin = ["slide", "cluster"]
+    if config["features"]["include_preds"]:
+        builtin += ["prediction", "uncertainty"]
+    return list(dict.fromkeys(config["plots"]["labels"] + builtin))
+
+
 def final_targets():
     """Everything `rule all` builds for the configured cohort."""
-    return list(dataset_files(COHORT).values())
+    targets = list(dataset_files(COHORT).values())
+    targets += expand("results/{cohort}/plots/umap_{label}.png", cohort=COHORT, label=plot_labels())
+    targets += [f"results/{COHORT}/mosaic/mosaic.png"]
+    return targets

@@ -1,0 +1,20 @@
+rule plot_umap:
+    input:
+        unpack(dataset_inputs),
+        coords="results/{cohort}/umap/coords.parquet",
+    output:
+        png=report(
+            "results/{cohort}/plots/umap_{label}.png",
+            caption="../report/umap.rst",
+            category="UMAP",
+            labels={"label": "{label}"},
+        ),
+    log:
+        "logs/plot_umap/{cohort}/{label}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        n_clusters=lookup(dpath="plots/n_clusters", within=config),
+        seed=lookup(dpath="umap/seed", within=config),
+    script:
+        "../scripts/plot_umap.py"

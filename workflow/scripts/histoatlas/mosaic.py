@@ -1,0 +1,468 @@
+"""Mosaic maps: a UMAP layout drawn with the tiles themselves (an activation atlas).
+
+The unit square is cut into ``num_tiles_x`` x ``num_tiles_x`` cells; each cell holding
+points shows one tile, the one nearest the cell centre (``tile_select="nearest"``) or
+the first in data order (``"first"``). Selection is two vectorised O(N) passes
+(``np.minimum.at``), no loop over cells. The picture is composed on a numpy canvas; tiles
+of slides are read back in parallel threads, each with its own OpenSlide handle, at the
+mosaic's ``tile_px`` straight from the slide's pyramid.
+
+Cell ``(i, j)`` covers ``x`` in ``[i/n, (i+1)/n)`` and ``y`` in ``[j/n, (j+1)/n)`` (the
+last cell of each axis also takes 1.0); ``j = 0`` is the bottom row, so the picture
+is oriented as the UMAP scatter plot.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from histoatlas.errors import ConfigError, EmptyDatasetError, HistoatlasError
+
+TILE_SELECT = ("nearest", "first")
+SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+# tiles of one slide read by one task: amortises the handle, keeps threads busy
+READ_CHUNK = 16
+
+
+def unit_square(coords: np.ndarray) -> np.ndarray:
+    """Coordinates as given when all lie in [0, 1], else min-max scaled per axis.
+
+    Parameters
+    ----------
+    coords : ndarray, shape (N, 2)
+        Non-finite rows stay non-finite (and are never selected).
+
+    Returns
+    -------
+    ndarray, shape (N, 2), dtype float64
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(f"coords must be (N, 2), got shape {coords.shape}")
+    finite = np.isfinite(coords).all(axis=1)
+    if not finite.any():
+        return coords
+    lo, hi = coords[finite].min(axis=0), coords[finite].max(axis=0)
+    if lo.min() >= 0 and hi.max() <= 1:
+        return coords
+    span = np.where(hi > lo, hi - lo, 1.0)
+    scaled = (coords - lo) / span
+    return np.where(hi > lo, scaled, 0.5)
+
+
+def grid_cells(coords: np.ndarray, num_tiles_x: int, num_tiles_y: int | None = None):
+    """Grid cell ``(i, j)`` of each point of a layout in [0, 1].
+
+    Parameters
+    ----------
+    coords : ndarray, shape (N, 2)
+    num_tiles_x : int
+        Columns.
+    num_tiles_y : int, optional
+        Rows; default ``num_tiles_x``.
+
+    Returns
+    -------
+    i, j : ndarray, shape (N,), dtype int64
+        Column and row (``j = 0`` at the bottom); -1 for non-finite points.
+    """
+    n_y = num_tiles_x if num_tiles_y is None else num_tiles_y
+    coords = np.asarray(coords, dtype=np.float64)
+    finite = np.isfinite(coords).all(axis=1)
+    safe = coords if finite.all() else np.where(finite[:, None], coords, 0.0)
+    # truncation is floor on [0, 1]; 1.0 itself belongs to the last cell
+    i = np.minimum((np.clip(safe[:, 0], 0.0, 1.0) * num_tiles_x).astype(np.int64), num_tiles_x - 1)
+    j = np.minimum((np.clip(safe[:, 1], 0.0, 1.0) * n_y).astype(np.int64), n_y - 1)
+    if not finite.all():
+        i[~finite], j[~finite] = -1, -1
+    return i, j
+
+
+def select_tiles(
+    coords: np.ndarray,
+    num_tiles_x: int,
+    *,
+    num_tiles_y: int | None = None,
+    tile_select: str = "nearest",
+) -> np.ndarray:
+    """For each grid cell, the point that represents it.
+
+    Parameters
+    ----------
+    coords : ndarray, shape (N, 2)
+        Layout in [0, 1] (see :func:`unit_square`).
+    num_tiles_x : int
+        Columns.
+    num_tiles_y : int, optional
+        Rows; default ``num_tiles_x``.
+    tile_select : {"nearest", "first"}
+        The point nearest the cell centre (ties: the lower index), or the lowest index.
+
+    Returns
+    -------
+    ndarray, shape (num_tiles_y, num_tiles_x), dtype int64
+        ``[j, i]``: index of the point shown in cell ``(i, j)``, -1 for an empty cell.
+
+    Examples
+    --------
+    >>> select_tiles(np.array([[0.1, 0.1], [0.3, 0.2], [0.9, 0.9]]), 2)
+    array([[ 1, -1],
+           [-1,  2]])
+    """
+    if tile_select not in TILE_SELECT:
+        raise ConfigError(f"tile_select must be 'nearest' or 'first', got {tile_select!r}")
+    if num_tiles_x < 1 or (num_tiles_y is not None and num_tiles_y < 1):
+        raise ConfigError(f"num_tiles_x must be >= 1, got {num_tiles_x}")
+    n_y = num_tiles_x if num_tiles_y is None else num_tiles_y
+    n_cells = num_tiles_x * n_y
+    i, j = grid_cells(coords, num_tiles_x, n_y)
+    cell = j * num_tiles_x + i
+    points = np.arange(len(cell))
+    if (i < 0).any():  # drop non-finite points
+        points = np.flatnonzero(i >= 0)
+        i, j, cell = i[points], j[points], cell[points]
+    if tile_select == "nearest":
+        xy = np.asarray(coords, dtype=np.float64)[points]
+        d2 = (xy[:, 0] - (i + 0.5) / num_tiles_x) ** 2 + (xy[:, 1] - (j + 0.5) / n_y) ** 2
+        best = np.full(n_cells, np.inf)
+        np.minimum.at(best, cell, d2)
+        # among the points at each cell's least distance, the lowest index wins
+        at_best = d2 == best[cell]
+        points, cell = points[at_best], cell[at_best]
+    chosen = np.full(n_cells, np.iinfo(np.int64).max)
+    np.minimum.at(chosen, cell, points)
+    chosen[chosen == np.iinfo(np.int64).max] = -1
+    return chosen.reshape(n_y, num_tiles_x)
+
+
+class Mosaic:
+    """A mosaic map: one tile per grid cell of a 2-D layout, composed into one image.
+
+    Parameters
+    ----------
+    images : ndarray, sequence or DataFrame
+        What to draw for each point, one of: an ``(N, H, W, C)`` uint8 array or a list
+        of ``(H, W, C)`` uint8 arrays (C = 1, 3 or 4; resized with Lanczos); a list of
+        ``(slide, tile_index)`` tuples (``tiles`` gives their level-0 ``x``, ``y``); or
+        a DataFrame with ``slide``, ``x``, ``y`` (level-0 top-left; e.g. a SlideMap's
+        ``data``). Tiles of slides are read on demand, only those selected.
+    coords : ndarray, shape (N, 2)
+        Layout; taken as is when within [0, 1], else min-max scaled per axis.
+    slides : DataFrame, optional
+        Needed for tiles of slides: ``slide``, ``path``, ``mpp``, ``tile_um`` and
+        (checked when present) ``patch_size_level0``.
+    tiles : DataFrame, optional
+        ``slide``, ``tile``, ``x``, ``y``: resolves ``(slide, tile_index)`` tuples.
+    num_tiles_x : int
+        Grid columns (and rows).
+    tile_select : {"nearest", "first"}
+        Which point represents a cell.
+    tile_px : int
+        Pixels of each drawn tile; the picture is ``num_tiles_x * tile_px`` square.
+    background : colour
+        Of empty cells: RGB tuple or a name/hex string PIL knows (default white).
+    num_workers : int, optional
+        Threads reading slides; default ``min(8, cpu count)``.
+
+    Attributes
+    ----------
+    coords : ndarray, shape (N, 2)
+        The layout in [0, 1] used for the grid.
+    grid : ndarray, shape (num_tiles_x, num_tiles_x), dtype int64
+        ``[j, i]``: point shown in cell ``(i, j)`` (``j = 0`` bottom), -1 if empty.
+
+    Examples
+    --------
+    >>> mosaic = Mosaic(images, coords, num_tiles_x=20, tile_px=32)  # doctest: +SKIP
+    >>> mosaic.save("mosaic.png")  # doctest: +SKIP
+    >>> mosaic.manifest().head()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | Sequence | pd.DataFrame,
+        coords: np.ndarray,
+        *,
+        slides: pd.DataFrame | None = None,
+        tiles: pd.DataFrame | None = None,
+        num_tiles_x: int = 50,
+        tile_select: str = "nearest",
+        tile_px: int = 64,
+        background: Any = (255, 255, 255),
+        num_workers: int | None = None,
+    ) -> None:
+        from PIL import ImageColor
+
+        if int(tile_px) < 1:
+            raise ConfigError(f"tile_px must be >= 1, got {tile_px}")
+        self.num_tiles_x = int(num_tiles_x)
+        self.num_tiles_y = self.num_tiles_x
+        self.tile_select = tile_select
+        self.tile_px = int(tile_px)
+        colour = ImageColor.getrgb(background) if isinstance(background, str) else background
+        self.background = tuple(int(v) for v in colour[:3])
+        self.num_workers = num_workers or min(8, os.cpu_count() or 1)
+        self.coords = unit_square(coords)
+        n = len(self.coords)
+        if n == 0:
+            raise EmptyDatasetError("mosaic: no points to draw (the map is empty)")
+        self._refs: pd.DataFrame | None = None
+        self._images: Any = None
+        if isinstance(images, pd.DataFrame):
+            self._refs = _check_refs(images, n)
+        elif isinstance(images, np.ndarray) and images.ndim in (3, 4):
+            self._images = images
+        elif len(images) and isinstance(images[0], tuple):
+            self._refs = _refs_from_tuples(images, tiles, n)
+        else:
+            self._images = list(images)
+        if self._images is not None and len(self._images) != n:
+            raise ValueError(f"{len(self._images)} images for {n} coordinates")
+        if self._refs is not None:
+            self._slides = _check_slides(slides, self._refs)
+        self.grid = select_tiles(self.coords, self.num_tiles_x, tile_select=tile_select)
+        self._canvas: np.ndarray | None = None
+
+    @classmethod
+    def from_slidemap(cls, slidemap: Any, **kwargs: Any) -> Mosaic:
+        """A mosaic of a SlideMap's tiles, read from its dataset's slides.
+
+        Parameters
+        ----------
+        slidemap : SlideMap
+            A map of tiles (or of centroid tiles) with ``slide``, ``x``, ``y`` columns
+            and a ``slides`` table.
+        **kwargs
+            ``num_tiles_x``, ``tile_select``, ``tile_px``, ``background``,
+            ``num_workers``.
+
+        Returns
+        -------
+        Mosaic
+        """
+        data = slidemap.data
+        if not {"slide", "x", "y"} <= set(data.columns):
+            raise HistoatlasError(
+                "a mosaic needs tiles (slide, x, y per point); this map has none "
+                f"(map_slide={slidemap.map_slide!r}); use a tile map or map_slide='centroid'"
+            )
+        columns = [c for c in ("slide", "tile", "x", "y") if c in data.columns]
+        return cls(data[columns], slidemap.coords, slides=slidemap.slides, **kwargs)
+
+    # -- selection ---------------------------------------------------------------
+
+    def manifest(self) -> pd.DataFrame:
+        """Which point sits in which cell, one row per filled cell.
+
+        Returns
+        -------
+        DataFrame
+            ``cell_i``, ``cell_j`` (column, row; ``cell_j = 0`` at the bottom),
+            ``canvas_x``, ``canvas_y`` (top-left pixel in the picture), ``index`` (row
+            of the input), ``umap_x``, ``umap_y``, and for tiles of slides ``slide``,
+            (``tile``), ``x``, ``y``. Rows from the top of the picture down, left to right.
+        """
+        rows, i = np.nonzero(self.grid[::-1] >= 0)  # picture order: top row first
+        j = self.num_tiles_y - 1 - rows
+        index = self.grid[j, i]
+        table = pd.DataFrame(
+            {
+                "cell_i": i,
+                "cell_j": j,
+                "canvas_x": i * self.tile_px,
+                "canvas_y": rows * self.tile_px,
+                "index": index,
+                "umap_x": self.coords[index, 0],
+                "umap_y": self.coords[index, 1],
+            }
+        )
+        if self._refs is not None:
+            refs = self._refs.iloc[table["index"].to_numpy()].reset_index(drop=True)
+            table = pd.concat([table, refs], axis=1)
+        return table
+
+    def save_manifest(self, path: str | os.PathLike) -> None:
+        """Write :meth:`manifest` as Parquet (``.parquet``) or CSV (``.csv``), atomically."""
+        from histoatlas.atomic import atomic_output
+
+        suffix = Path(path).suffix.lower()
+        if suffix not in (".parquet", ".csv"):
+            raise ValueError(f"manifest path {path} must end in .parquet or .csv")
+        table = self.manifest()
+        with atomic_output(path) as tmp:
+            if suffix == ".csv":
+                table.to_csv(tmp, index=False)
+            else:
+                table.to_parquet(tmp, index=False)
+
+    # -- picture -----------------------------------------------------------------
+
+    @property
+    def image(self) -> np.ndarray:
+        """The picture, ``(num_tiles_y * tile_px, num_tiles_x * tile_px, 3)`` uint8."""
+        if self._canvas is None:
+            self._canvas = self.render()
+        return self._canvas
+
+    def render(self) -> np.ndarray:
+        """Compose the picture (reading tiles of slides in parallel).
+
+        Returns
+        -------
+        ndarray, shape (num_tiles_y * tile_px, num_tiles_x * tile_px, 3), dtype uint8
+        """
+        px = self.tile_px
+        canvas = np.empty((self.num_tiles_y * px, self.num_tiles_x * px, 3), dtype=np.uint8)
+        canvas[...] = self.background
+        cells = self.manifest()
+        tiles = self._fetch(cells["index"].to_numpy())
+        for tile, x0, y0 in zip(tiles, cells["canvas_x"], cells["canvas_y"], strict=True):
+            canvas[y0 : y0 + px, x0 : x0 + px] = tile
+        return canvas
+
+    def save(self, path: str | os.PathLike, *, quality: int = 90) -> None:
+        """Write the picture as PNG, JPEG or TIFF (by suffix), atomically.
+
+        Raises
+        ------
+        ValueError
+            For another suffix.
+        """
+        from PIL import Image
+
+        from histoatlas.atomic import atomic_output
+
+        suffix = Path(path).suffix.lower()
+        if suffix not in SAVE_FORMATS:
+            raise ValueError(
+                f"cannot save a mosaic as {suffix or 'no suffix'!r} ({path}); use one of "
+                f"{', '.join(SAVE_FORMATS)}"
+            )
+        fmt = SAVE_FORMATS[suffix]
+        options = {"quality": quality} if fmt == "JPEG" else {}
+        with atomic_output(path) as tmp:
+            Image.fromarray(self.image).save(tmp, format=fmt, **options)
+
+    def plot(self, ax: Any = None):
+        """Show the picture on matplotlib axes (``imshow``, no axis ticks); returns them."""
+        import matplotlib.pyplot as plt
+
+        ax = plt.gca() if ax is None else ax
+        ax.imshow(self.image)
+        ax.set_axis_off()
+        return ax
+
+    # -- reading tiles -----------------------------------------------------------
+
+    def _fetch(self, index: np.ndarray) -> list[np.ndarray]:
+        if self._refs is None:
+            return [_as_tile(self._images[k], self.tile_px, k) for k in index]
+        refs = self._refs.iloc[index].reset_index(drop=True)
+        out: list[np.ndarray | None] = [None] * len(refs)
+        tasks = []
+        for slide, rows in refs.groupby("slide", sort=False).indices.items():
+            for start in range(0, len(rows), READ_CHUNK):
+                tasks.append((slide, rows[start : start + READ_CHUNK]))
+        local = threading.local()
+        opened: list[Any] = []
+        lock = threading.Lock()
+
+        def read(task: tuple[str, np.ndarray]) -> None:
+            slide, rows = task
+            cache = local.__dict__.setdefault("wsis", {})
+            if slide not in cache:
+                cache[slide] = self._open(slide)
+                with lock:
+                    opened.append(cache[slide])
+            wsi = cache[slide]
+            for r in rows:
+                out[r] = wsi.read_tile(int(refs.at[r, "x"]), int(refs.at[r, "y"]))
+
+        try:
+            with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
+                list(pool.map(read, tasks))
+        finally:
+            for wsi in opened:
+                wsi.close()
+        return out
+
+    def _open(self, slide: str):
+        from histoatlas.wsi import WSI
+
+        row = self._slides.loc[slide]
+        wsi = WSI(row["path"], self.tile_px, float(row["tile_um"]), mpp=row["mpp"], name=slide)
+        expected = row.get("patch_size_level0")
+        if expected is not None and not pd.isna(expected) and wsi.patch_size_level0 != expected:
+            wsi.close()
+            raise HistoatlasError(
+                f"slide {slide!r}: reopened with tile_um={row['tile_um']} at "
+                f"mpp={wsi.mpp:g} its tiles span {wsi.patch_size_level0} level-0 px, the "
+                f"dataset says {int(expected)}; the slides table does not match the slide"
+            )
+        return wsi
+
+
+def _as_tile(image: np.ndarray, px: int, k: int) -> np.ndarray:
+    """One input image as ``(px, px, 3)`` uint8 (Lanczos resize; gray and RGBA to RGB)."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"image {k} has dtype {image.dtype}; mosaic images must be uint8")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ValueError(f"image {k} has shape {image.shape}; expected (H, W), (H, W, 1/3/4)")
+    pil = Image.fromarray(image).convert("RGB")
+    if pil.size != (px, px):
+        pil = pil.resize((px, px), Image.Resampling.LANCZOS)
+    return np.asarray(pil)
+
+
+def _check_refs(refs: pd.DataFrame, n: int) -> pd.DataFrame:
+    missing = {"slide", "x", "y"} - set(refs.columns)
+    if missing:
+        raise ValueError(f"tile references lack column(s) {sorted(missing)}")
+    if len(refs) != n:
+        raise ValueError(f"{len(refs)} tile references for {n} coordinates")
+    return refs.reset_index(drop=True)
+
+
+def _refs_from_tuples(pairs: Sequence[tuple], tiles: pd.DataFrame | None, n: int) -> pd.DataFrame:
+    if tiles is None:
+        raise ValueError(
+            "(slide, tile_index) tuples need `tiles` (slide, tile, x, y) to locate them"
+        )
+    if len(pairs) != n:
+        raise ValueError(f"{len(pairs)} tile references for {n} coordinates")
+    wanted = pd.DataFrame(list(pairs), columns=["slide", "tile"])
+    index = pd.MultiIndex.from_frame(tiles[["slide", "tile"]])
+    rows = index.get_indexer(pd.MultiIndex.from_frame(wanted))
+    if (rows < 0).any():
+        k = int(np.flatnonzero(rows < 0)[0])
+        raise HistoatlasError(f"tile {pairs[k]!r} is not in the tiles table")
+    located = tiles.iloc[rows][["x", "y"]].reset_index(drop=True)
+    return pd.concat([wanted, located], axis=1)
+
+
+def _check_slides(slides: pd.DataFrame | None, refs: pd.DataFrame) -> pd.DataFrame:
+    needed = {"slide", "path", "mpp", "tile_um"}
+    if slides is None or not needed <= set(slides.columns):
+        have = "none" if slides is None else ", ".join(slides.columns)
+        raise HistoatlasError(
+            f"reading tiles from slides needs a slides table with {sorted(needed)} (the "
+            f"dataset's slides.parquet); got: {have}"
+        )
+    table = slides.set_index("slide", drop=False)
+    unknown = sorted(set(refs["slide"]) - set(table.index))
+    if unknown:
+        raise HistoatlasError(f"slide(s) {unknown[:5]} are not in the slides table")
+    return table

@@ -1,0 +1,265 @@
+"""Scatter plots of a UMAP layout, coloured by a categorical or continuous label.
+
+Categorical labels get a qualitative palette and a legend listing exactly the label
+values (plus "(missing)" when some points have none); continuous ones a colour bar.
+Large cohorts stay readable: at most ``max_points`` points are drawn (a seeded sample),
+in a seeded random order so no category hides the others, with marker size and alpha
+shrinking as the count grows. The figure has a fixed pixel size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MISSING_LABEL = "(missing)"
+MISSING_COLOUR = "#c8c8c8"
+# a category-per-colour legend beyond this is unreadable; the plot says so instead
+MAX_LEGEND = 40
+# integer labels with more values than this are drawn as continuous
+MAX_INT_CATEGORIES = 20
+# figure margins (inches) of umap_figure: axis labels, title, legend strip
+LEFT_BOTTOM_IN = (0.8, 0.7)
+TOP_IN = 0.7
+RIGHT_IN = 2.8
+
+
+def is_categorical(values: pd.Series | np.ndarray) -> bool:
+    """Whether a label is drawn with a palette and legend (else with a colour bar).
+
+    Strings, booleans and pandas categories are categorical; integers are when they
+    take at most 20 values (cluster ids, grades); floats never are.
+    """
+    values = pd.Series(values)
+    if isinstance(values.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(values):
+        return True
+    if pd.api.types.is_integer_dtype(values):
+        return values.nunique() <= MAX_INT_CATEGORIES
+    return not pd.api.types.is_numeric_dtype(values)
+
+
+def category_order(values: pd.Series) -> list:
+    """Distinct non-missing values, numbers in numeric order and others as strings."""
+    present = pd.unique(values.dropna())
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return [c for c in values.cat.categories if c in set(present)]
+    try:
+        return sorted(present)
+    except TypeError:
+        return sorted(present, key=str)
+
+
+def qualitative_colours(n: int) -> list:
+    """``n`` distinct RGBA colours: tab10, tab20, then tab20+b+c, then evenly spaced hues."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](k) for k in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](k) for k in range(n)]
+    if n <= 60:
+        pool = [colormaps[name](k) for name in ("tab20", "tab20b", "tab20c") for k in range(20)]
+        return pool[:n]
+    return [colormaps["hsv"](k / n) for k in range(n)]
+
+
+def plot_umap(
+    coords: np.ndarray,
+    labels: Sequence | pd.Series | None = None,
+    *,
+    ax: Any = None,
+    label_name: str | None = None,
+    categorical: bool | None = None,
+    title: str | None = None,
+    max_points: int = 200_000,
+    seed: int = 0,
+    s: float | None = None,
+    alpha: float | None = None,
+    cmap: str = "viridis",
+    legend: bool = True,
+    **scatter_kwargs: Any,
+):
+    """Draw a UMAP layout as a scatter plot on ``ax``.
+
+    Parameters
+    ----------
+    coords : ndarray, shape (N, 2)
+        Layout, normally in [0, 1].
+    labels : sequence, shape (N,), optional
+        Label of each point; ``None`` draws every point in one colour.
+    ax : matplotlib Axes, optional
+        Where to draw; default the current axes.
+    label_name : str, optional
+        Legend or colour bar title, and part of the default plot title.
+    categorical : bool, optional
+        Force a palette (``True``) or colour bar (``False``); default from the dtype
+        (see :func:`is_categorical`).
+    title : str, optional
+        Plot title; default "UMAP coloured by <label_name>". A second line always
+        gives the number of points (and how many were drawn).
+    max_points : int
+        Draw at most this many points (seeded sample).
+    seed : int
+        Seed of the sample and of the drawing order.
+    s, alpha : float, optional
+        Marker size and opacity; default shrink with the number of points drawn.
+    cmap : str
+        Colour map of continuous labels.
+    legend : bool
+        Draw the legend (categories, at most 40) or colour bar.
+    **scatter_kwargs
+        Passed to ``Axes.scatter``.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Examples
+    --------
+    >>> ax = plot_umap(coords, tiles["subtype"], label_name="subtype")  # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(f"coords must be (N, 2), got shape {coords.shape}")
+    n = len(coords)
+    if labels is not None:
+        labels = pd.Series(labels).reset_index(drop=True)
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels for {n} points")
+    ax = plt.gca() if ax is None else ax
+
+    rng = np.random.default_rng(seed)
+    shown = rng.permutation(n)[: min(n, max_points)]
+    m = len(shown)
+    s = float(np.clip(30_000 / max(m, 1), 0.5, 30)) if s is None else s
+    alpha = float(np.clip(3_000 / max(m, 1), 0.15, 1.0)) if alpha is None else alpha
+    xy = coords[shown]
+    style = {"s": s, "alpha": alpha, "linewidths": 0, "rasterized": True, **scatter_kwargs}
+
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], color="#1f77b4", **style)
+    else:
+        values = labels.iloc[shown].reset_index(drop=True)
+        missing = values.isna().to_numpy()
+        if missing.any():
+            ax.scatter(xy[missing, 0], xy[missing, 1], color=MISSING_COLOUR, **style)
+        cat = is_categorical(labels) if categorical is None else categorical
+        if cat:
+            order = category_order(labels)
+            colours = np.asarray(qualitative_colours(len(order))).reshape(-1, 4)
+            palette = dict(zip(order, colours, strict=True))
+            keep = ~missing
+            codes = pd.Categorical(values[keep], categories=order).codes
+            ax.scatter(xy[keep, 0], xy[keep, 1], c=colours[codes], **style)
+            if legend and 0 < len(order) <= MAX_LEGEND:
+                handles = [_legend_marker(Line2D, palette[v], str(v)) for v in order]
+                if labels.isna().any():
+                    handles.append(_legend_marker(Line2D, MISSING_COLOUR, MISSING_LABEL))
+                ax.legend(
+                    handles=handles,
+                    title=label_name,
+                    loc="center left",
+                    bbox_to_anchor=(1.02, 0.5),
+                    frameon=False,
+                    fontsize="medium" if len(handles) <= 20 else "x-small",
+                )
+            elif legend:
+                ax.text(
+                    1.02,
+                    0.5,
+                    f"{len(order)} values\n(too many\nfor a legend)",
+                    transform=ax.transAxes,
+                    va="center",
+                )
+        else:
+            keep = ~missing
+            numbers = pd.to_numeric(values[keep], errors="raise").to_numpy(np.float64)
+            full = pd.to_numeric(labels, errors="raise")
+            points = ax.scatter(
+                xy[keep, 0],
+                xy[keep, 1],
+                c=numbers,
+                cmap=cmap,
+                vmin=float(full.min()),
+                vmax=float(full.max()),
+                **style,
+            )
+            if legend:
+                # beside the axes, not carved out of them: the map stays square
+                cax = ax.inset_axes([1.04, 0.1, 0.035, 0.8])
+                ax.figure.colorbar(points, cax=cax, label=label_name)
+
+    drawn = f"{n:,} points" if m == n else f"{m:,} of {n:,} points drawn"
+    what = f"UMAP coloured by {label_name}" if label_name else "UMAP"
+    ax.set_title(f"{title if title is not None else what}\n({drawn})")
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+    if n and coords.min() >= 0 and coords.max() <= 1:
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+    ax.set_aspect("equal")
+    return ax
+
+
+def umap_figure(
+    coords: np.ndarray,
+    labels: Sequence | pd.Series | None = None,
+    *,
+    figsize: tuple[float, float] = (10, 8),
+    dpi: int = 100,
+    **kwargs: Any,
+):
+    """A new figure of fixed size (``figsize * dpi`` pixels) holding :func:`plot_umap`.
+
+    Parameters
+    ----------
+    coords, labels
+        As :func:`plot_umap`.
+    figsize : (float, float)
+        Inches; the saved image is ``figsize[0] * dpi`` x ``figsize[1] * dpi`` pixels.
+    dpi : int
+        Dots per inch.
+    **kwargs
+        Passed to :func:`plot_umap`.
+
+    Returns
+    -------
+    matplotlib Figure
+        Not attached to pyplot's figure manager; close nothing.
+    """
+    from matplotlib.figure import Figure
+
+    width, height = figsize
+    # a square map at a fixed place; the legend or colour bar gets the right-hand strip
+    side = max(min(height - LEFT_BOTTOM_IN[1] - TOP_IN, width - LEFT_BOTTOM_IN[0] - RIGHT_IN), 0.5)
+    rect = [LEFT_BOTTOM_IN[0] / width, LEFT_BOTTOM_IN[1] / height, side / width, side / height]
+    fig = Figure(figsize=figsize, dpi=dpi)
+    plot_umap(coords, labels, ax=fig.add_axes(rect), **kwargs)
+    return fig
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> None:
+    """Save a figure at its own size and dpi, atomically (format from the suffix)."""
+    from histoatlas.atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=fig.dpi, metadata=_metadata(str(path)))
+
+
+def _metadata(path: str) -> dict | None:
+    # keep reruns byte-identical: no software/date stamps where matplotlib would write them
+    suffix = path.rsplit(".", 1)[-1].lower()
+    return {"Software": None} if suffix == "png" else None
+
+
+def _legend_marker(line2d, colour, text: str):
+    return line2d(
+        [], [], marker="o", linestyle="", markerfacecolor=colour, markeredgewidth=0, label=text
+    )
