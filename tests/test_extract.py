@@ -1,0 +1,333 @@
+"""extract_slide end to end on synthetic slides, Features on a WSI, and progress lines."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import histoatlas
+from histoatlas.errors import ConfigError, ModelError, SlideError
+from histoatlas.extract import extract_slide
+from histoatlas.features import Features
+from histoatlas.models import load_model
+from histoatlas.models.architectures import demo_cnn
+from histoatlas.models.params import ModelParams
+from histoatlas.progress import Progress, format_seconds
+from histoatlas.slide_h5 import read_slide_h5
+from histoatlas.wsi import WSI
+
+TILE_PX, TILE_UM = 32, 64  # 128 level-0 px at 0.5 um/px
+SIZE = (1024, 768)  # an 8 x 6 grid
+TISSUE = ((256, 128, 768, 512), (0, 640, 256, 768))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model")
+    torch.save(demo_cnn(num_classes=3, width=8).state_dict(), path / "weights.pt")
+    ModelParams(
+        tile_px=TILE_PX,
+        tile_um=TILE_UM,
+        class_names=("tumor", "stroma", "fat"),
+        architecture_kwargs={"width": 8},
+    ).to_json(path / "params.json")
+    return path
+
+
+@pytest.fixture
+def slide(synthetic_slide):
+    return synthetic_slide("s1", size=SIZE, tissue=TISSUE, n_levels=2)
+
+
+def run(slide_path, out_path, model, **kwargs):
+    kwargs = {"tile_px": TILE_PX, "tile_um": TILE_UM, "num_workers": 2, **kwargs}
+    return extract_slide(slide_path, out_path, model=model, **kwargs)
+
+
+def test_extract_slide_end_to_end(slide, model_dir, tmp_path):
+    out = tmp_path / "features" / "s1.h5"
+    log = io.StringIO()
+    qc = run(slide.path, out, model_dir, layers=["block2", "postconv"], batch_size=4, log=log)
+
+    sf = read_slide_h5(out)
+    wsi = WSI(slide.path, TILE_PX, TILE_UM)
+    n = len(sf)
+    assert qc["n_grid"] == 48 and wsi.grid_shape == (8, 6)
+    assert qc["n_candidates"] == len(wsi.candidates) and qc["n_kept"] == n > 10
+    assert qc["n_filtered"] == qc["n_candidates"] - n
+    assert qc["seconds"] > 0 and qc["tiles_per_s"] == pytest.approx(n / qc["seconds"])
+    assert qc["seconds_total"] >= qc["seconds"]
+
+    # locations: level-0 top-left corners of grid tiles, row by row, all on tissue
+    np.testing.assert_array_equal(sf.coords, wsi.coords_of(sf.grid))
+    assert sf.coords.dtype == np.int64 and sf.grid.dtype == np.int32
+    order = np.lexsort((sf.grid[:, 0], sf.grid[:, 1]))
+    np.testing.assert_array_equal(order, np.arange(n))
+    assert all(slide.covers(x, y, wsi.patch_size_level0) >= 0.5 for x, y in sf.coords)
+
+    # activations: the same as Features on the same tiles read directly
+    tiles = np.stack([wsi.read_tile(x, y) for x, y in sf.coords])
+    features = Features(load_model(model_dir), ["block2", "postconv"])
+    feats, preds = features(tiles)
+    np.testing.assert_allclose(sf.features, feats, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sf.predictions, preds, rtol=1e-5, atol=1e-7)
+    assert sf.features.shape == (n, 16 + 32) and sf.predictions.shape == (n, 3)
+
+    sha = hashlib.sha256((model_dir / "weights.pt").read_bytes()).hexdigest()
+    assert sf.attrs == {
+        "slide": "s1",
+        "slide_path": str(slide.path),
+        "mpp": 0.5,
+        "level0_width": 1024,
+        "level0_height": 768,
+        "tile_px": TILE_PX,
+        "tile_um": float(TILE_UM),
+        "patch_size_level0": 128,
+        "stride_div": 1,
+        "grid_shape": (8, 6),
+        "layers": ["block2", "postconv"],
+        "layer_slices": {"block2": [0, 16], "postconv": [16, 48]},
+        "pooling": "avg",
+        "model": str(model_dir),
+        "model_sha256": sha,
+        "class_names": ["tumor", "stroma", "fat"],
+        "histoatlas_version": histoatlas.__version__,
+    }
+    assert sf.coords_attrs["patch_size"] == TILE_PX
+    assert sf.coords_attrs["patch_size_level0"] == 128
+
+    text = log.getvalue()
+    assert f"s1: done, {qc['n_candidates']}/{qc['n_candidates']} tiles in" in text
+    assert f"wrote {out} ({n} tiles)" in text
+    assert sorted(p.name for p in out.parent.iterdir()) == ["s1.h5"]  # no partial left
+
+
+def test_overlapping_tiles_and_max_pooling(slide, model_dir, tmp_path):
+    out = tmp_path / "s1.h5"
+    qc = run(slide.path, out, model_dir, stride_div=2, pooling="max", include_preds=False)
+    sf = read_slide_h5(out)
+    assert qc["n_grid"] == 15 * 11 and sf.attrs["grid_shape"] == (15, 11)
+    np.testing.assert_array_equal(sf.coords, sf.grid.astype(np.int64) * 64)
+    assert sf.predictions is None and sf.attrs["pooling"] == "max"
+    assert sf.coords_attrs["overlap"] == TILE_PX // 2
+    assert qc["n_kept"] == len(sf) > qc["n_kept"] / 4
+
+
+def test_features_on_wsi_nan_exactly_where_no_tile_kept(slide, model_dir, tmp_path):
+    out = tmp_path / "s1.h5"
+    run(slide.path, out, model_dir)
+    sf = read_slide_h5(out)
+    wsi = WSI(slide.path, TILE_PX, TILE_UM)
+    grid, pred_grid = Features(model_dir, batch_size=5)(wsi, num_workers=2)
+    assert grid.shape == (8, 6, 32) and pred_grid.shape == (8, 6, 3)
+    assert grid.dtype == pred_grid.dtype == np.float32
+    kept = np.zeros((8, 6), bool)
+    kept[sf.grid[:, 0], sf.grid[:, 1]] = True
+    assert 0 < kept.sum() < kept.size
+    np.testing.assert_array_equal(np.isnan(grid).all(axis=2), ~kept)
+    np.testing.assert_array_equal(np.isnan(grid).any(axis=2), ~kept)
+    np.testing.assert_array_equal(np.isnan(pred_grid).all(axis=2), ~kept)
+    i, j = sf.grid[:, 0], sf.grid[:, 1]
+    np.testing.assert_allclose(grid[i, j], sf.features, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pred_grid[i, j], sf.predictions, rtol=1e-5, atol=1e-7)
+    assert wsi.qc["n_kept"] == len(sf)
+
+
+def test_blank_slide_gives_zero_tiles(synthetic_slide, model_dir, tmp_path):
+    blank = synthetic_slide("blank", size=SIZE, tissue=(), n_levels=2)
+    out = tmp_path / "blank.h5"
+    grid = Features(model_dir, include_preds=False)(WSI(blank.path, TILE_PX, TILE_UM))
+    assert grid.shape == (8, 6, 32) and np.isnan(grid).all()
+    qc = run(blank.path, out, model_dir, layers=["block1", "postconv"])
+    assert (qc["n_candidates"], qc["n_kept"], qc["tiles_per_s"]) == (0, 0, 0.0)
+    sf = read_slide_h5(out)
+    assert sf.features.shape == (0, 8 + 32) and sf.predictions.shape == (0, 3)
+    assert sf.coords.shape == sf.grid.shape == (0, 2)
+    assert sf.attrs["layer_slices"] == {"block1": [0, 8], "postconv": [8, 40]}
+
+
+@pytest.mark.parametrize("where", ["model", "consumer"])
+def test_failed_extraction_leaves_no_file(slide, model_dir, tmp_path, monkeypatch, where):
+    calls = []
+    target, name = (Features, "run_tiles") if where == "model" else (Progress, "set")
+    original = getattr(target, name)
+
+    def fail_on_second_call(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(target, name, fail_on_second_call)
+    out = tmp_path / "out" / "s1.h5"
+    with pytest.raises(RuntimeError, match="simulated") as err:
+        run(slide.path, out, model_dir, batch_size=4)
+    assert len(calls) == 2
+    assert not out.exists() and not list(out.parent.glob("*"))
+    # the prefetch thread and the slide readers stopped with the failure, even while
+    # the traceback (which holds the loop's frame) is still alive
+    assert err.value.__traceback__ is not None
+    names = [t.name for t in threading.enumerate()]
+    assert not [n for n in names if n.startswith(("histoatlas-prefetch", "wsi-s1"))], names
+
+
+def test_unreadable_slide_leaves_no_file(testdata, model_dir, tmp_path):
+    out = tmp_path / "unreadable.h5"
+    with pytest.raises(SlideError, match="unreadable"):
+        # a 16 x 16 px slide: 4 um tiles at 0.5 um/px give a 2 x 2 grid; read them all
+        run(
+            testdata / "broken" / "unreadable.svs",
+            out,
+            model_dir,
+            mpp=0.5,
+            tile_um=4,
+            tissue={"otsu": False},
+        )
+    assert not list(tmp_path.iterdir())
+
+
+def test_killed_extraction_leaves_no_file(slide, model_dir, tmp_path):
+    out = tmp_path / "s1.h5"
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from histoatlas.features import Features
+        from histoatlas.extract import extract_slide
+        run_tiles = Features.run_tiles
+        def slow(self, tiles):
+            time.sleep(0.5)
+            return run_tiles(self, tiles)
+        Features.run_tiles = slow
+        extract_slide({str(slide.path)!r}, {str(out)!r}, model={str(model_dir)!r},
+                      tile_px={TILE_PX}, tile_um={TILE_UM}, batch_size=2,
+                      log=sys.stdout, progress_every=0)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            if " kept, " in line:  # a progress line: tiles are flowing
+                break
+            assert time.monotonic() < deadline, "no progress line within 60 s"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_tile_px_mismatch(slide, model_dir, tmp_path):
+    out = tmp_path / "s1.h5"
+    with pytest.raises(ModelError) as err:
+        run(slide.path, out, model_dir, tile_px=64)
+    message = str(err.value)
+    assert "trained on 32 px tiles" in message and "tiles.px = 64" in message
+    assert "allow_model_mismatch" in message
+    assert not out.exists()
+    qc = run(slide.path, out, model_dir, tile_px=64, allow_tile_px_mismatch=True)
+    sf = read_slide_h5(out)
+    assert sf.attrs["tile_px"] == 64 and len(sf) == qc["n_kept"] > 0
+
+
+def test_bad_options_are_config_errors(slide, model_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"tissue option\(s\) \['otsu_level'\] unknown"):
+        run(slide.path, tmp_path / "a.h5", model_dir, tissue={"otsu_level": 3})
+    with pytest.raises(ConfigError, match="tile_um='big'"):
+        run(slide.path, tmp_path / "b.h5", model_dir, tile_um="big")
+    assert not list(tmp_path.iterdir())
+
+
+def test_tissue_options_reach_the_wsi(slide, model_dir, tmp_path):
+    qc = run(slide.path, tmp_path / "all.h5", model_dir, tissue={"otsu": False})
+    assert qc["n_candidates"] == 48  # every grid tile is a candidate without Otsu
+    # the white background tiles now reach the filters: grayspace drops them
+    assert qc["n_filtered"] > 0 and qc["n_kept"] < 48
+
+
+def test_progress_lines_are_throttled(monkeypatch):
+    now = [100.0]
+    out = io.StringIO()
+    p = Progress(1000, stream=out, label="s1", every=5, clock=lambda: now[0])
+    for _ in range(10):  # 1 s and 50 tiles per step
+        now[0] += 1
+        p.update(50, note="40 kept")
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "s1: 250/1000 tiles (25%), 40 kept, 50.0 tiles/s, ETA 15s",
+        "s1: 500/1000 tiles (50%), 40 kept, 50.0 tiles/s, ETA 10s",
+    ]
+    now[0] += 2
+    p.close(done=1000)
+    assert (
+        out.getvalue().splitlines()[-1]
+        == "s1: done, 1000/1000 tiles in 12s (83.3 tiles/s), 40 kept"
+    )
+
+
+def test_progress_defaults_to_stderr(capsys):
+    p = Progress(0, label="", every=0, clock=lambda: 1.0)
+    p.set(0)
+    p.close()
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["0/0 tiles (100%), 0.0 tiles/s, ETA ?", "done, 0/0 tiles in 0s (0.0 tiles/s)"]
+
+
+def test_format_seconds():
+    assert [format_seconds(s) for s in (4.4, 59.6, 187.4, 7500)] == [
+        "4s",
+        "1m00s",
+        "3m07s",
+        "2h05m",
+    ]
+
+
+def test_env_batch_size_reaches_extract(slide, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HISTOATLAS_BATCH_SIZE", "3")
+    sizes = []
+    run_tiles = Features.run_tiles
+    monkeypatch.setattr(
+        Features, "run_tiles", lambda self, t: sizes.append(len(t)) or run_tiles(self, t)
+    )
+    qc = run(slide.path, tmp_path / "s1.h5", model_dir)
+    assert max(sizes) == 3 and sum(sizes) == qc["n_kept"]
+    assert os.environ["HISTOATLAS_BATCH_SIZE"] == "3"
+
+
+def test_cpu_threads_leave_cores_to_readers(monkeypatch):
+    from histoatlas.extract import cpu_threads_beside_readers
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    torch.set_num_threads(16)
+    try:
+        with cpu_threads_beside_readers("cpu", 4) as threads:
+            assert threads == torch.get_num_threads() == 12
+        assert torch.get_num_threads() == 16  # restored
+        with cpu_threads_beside_readers("cpu", None) as threads:
+            assert threads == 12  # WSI's default: 4 readers
+        with cpu_threads_beside_readers("cpu", 12) as threads:
+            assert threads == 8  # readers get at most half the cores
+        with cpu_threads_beside_readers("cuda", 4) as threads:
+            assert threads == torch.get_num_threads() == 16  # the GPU runs the model
+        torch.set_num_threads(2)
+        with cpu_threads_beside_readers("cpu", 4) as threads:
+            assert threads == 2  # never raised
+    finally:
+        torch.set_num_threads(before)

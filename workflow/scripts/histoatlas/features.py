@@ -1,0 +1,463 @@
+"""Per-tile activations of named layers, as slideflow's ``Features`` computes them.
+
+Forward hooks on the modules of ``dict(model.named_modules())`` collect each requested
+layer during one forward pass; outputs are pooled on the device and concatenated in the
+order the layers were given. Two names are special: ``postconv`` is the input of the
+final classifier (read with a forward *pre*-hook) and ``output`` the network's final
+output before softmax; they shadow modules of the same name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
+
+import numpy as np
+
+from histoatlas.errors import ConfigError, LayerError, ModelError
+
+POSTCONV = "postconv"
+OUTPUT = "output"
+POOLINGS = ("avg", "max", None)
+BATCH_SIZE_ENV = "HISTOATLAS_BATCH_SIZE"
+_DEFAULT_BATCH = {"cuda": 128, "mps": 64, "cpu": 32}
+_MAX_NAMES_SHOWN = 40
+
+
+class Features:
+    """Compute activations of chosen layers for tiles or whole slides.
+
+    Parameters
+    ----------
+    model : str, PathLike or LoadedModel
+        A model path (see :func:`histoatlas.load_model`) or a loaded model.
+    layers : str or sequence of str
+        Layer names as ``dict(model.named_modules())`` gives them, plus ``postconv``
+        (input of the final classifier) and ``output`` (final output). Their pooled
+        activations are concatenated in this order.
+    pooling : {"avg", "max", None}
+        How 4-D ``(B, C, H, W)`` maps are reduced over H, W, and 3-D ``(B, T, D)``
+        token outputs over T. None flattens instead.
+    include_preds : bool
+        Also return predictions: the final output through the params' ``output``
+        activation (softmax, sigmoid or none).
+    device : str, optional
+        Torch device; default CUDA, then MPS, then CPU. Moves a given LoadedModel.
+    batch_size : int, optional
+        Tiles per forward pass; default from the environment variable
+        ``HISTOATLAS_BATCH_SIZE``, else 128 on CUDA, 64 on MPS, 32 on CPU.
+
+    Attributes
+    ----------
+    model : LoadedModel
+    layers : list of str
+    num_features : int
+        Width F of the concatenated activations.
+    layer_slices : dict of str to (int, int)
+        Columns ``[start, stop)`` of each layer in the features.
+    num_classes : int
+        Width C of the predictions.
+
+    Raises
+    ------
+    LayerError
+        If a layer is not in the model (the message lists the valid names), or the
+        model is TorchScript and a layer other than ``output`` is asked for.
+    ModelError
+        If the model is not a PyTorch model.
+    ConfigError
+        If ``pooling`` or the batch size is invalid.
+
+    Examples
+    --------
+    >>> features = Features("resources/demo/model", layers=["block3", "postconv"])  # doctest: +SKIP
+    >>> acts, preds = features(tiles)  # tiles: uint8 (B, 224, 224, 3)  # doctest: +SKIP
+    >>> grid, pred_grid = features(wsi)  # (n_x, n_y, F), NaN where no tissue  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model,
+        layers: str | Sequence[str] = (POSTCONV,),
+        *,
+        pooling: str | None = "avg",
+        include_preds: bool = True,
+        device: str | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        from histoatlas.models import LoadedModel, load_model
+
+        loaded = isinstance(model, LoadedModel)
+        if not loaded:
+            model = load_model(model, device=device)
+        if model.backend != "torch":
+            raise ModelError(
+                f"Features runs PyTorch models; {model.path} is a {model.backend} model"
+            )
+        if loaded and device is not None:
+            model.to(device)
+        self.model = model
+        self.layers = _layer_list(layers)
+        self.pooling = _check_pooling(pooling)
+        self.include_preds = bool(include_preds)
+        self.batch_size = resolve_batch_size(batch_size, self.model.device)
+        self._targets = [self._resolve(layer) for layer in self.layers]
+        self._widths: list[int] | None = None
+        self._num_classes: int | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Features(model={str(self.model.path)!r}, layers={self.layers}, "
+            f"pooling={self.pooling!r}, include_preds={self.include_preds}, "
+            f"device={self.model.device!r}, batch_size={self.batch_size})"
+        )
+
+    # -- sizes ------------------------------------------------------------------------
+
+    @property
+    def num_features(self) -> int:
+        """Width F of the concatenated activations."""
+        return sum(self.probe())
+
+    @property
+    def layer_slices(self) -> dict[str, tuple[int, int]]:
+        """Columns ``[start, stop)`` of each layer in the features, in layer order."""
+        bounds = np.cumsum([0, *self.probe()]).tolist()
+        return {layer: (bounds[k], bounds[k + 1]) for k, layer in enumerate(self.layers)}
+
+    @property
+    def num_classes(self) -> int:
+        """Width C of the predictions (the flattened final output)."""
+        self.probe()
+        return self._num_classes
+
+    def probe(self, tile_px: int | None = None) -> list[int]:
+        """Per-layer widths, from one forward pass of a blank tile if none ran yet.
+
+        Parameters
+        ----------
+        tile_px : int, optional
+            Edge of the blank tile; default the model's ``tile_px``.
+
+        Returns
+        -------
+        list of int
+            Width of each layer's pooled activations, in layer order.
+        """
+        if self._widths is None:
+            px = int(tile_px or self.model.params.tile_px)
+            self._forward(self.model.to_tensor(np.zeros((1, px, px, 3), np.uint8)))
+        return self._widths
+
+    # -- running ----------------------------------------------------------------------
+
+    def __call__(self, obj, *, num_workers: int | None = None):
+        """Activations of a batch of tiles or of every tissue tile of a slide.
+
+        Parameters
+        ----------
+        obj : ndarray, torch.Tensor or WSI
+            uint8 ``(B, H, W, 3)`` tiles (numpy or torch); a float torch tensor
+            ``(B, 3, H, W)`` is taken as already preprocessed. Or a :class:`WSI`.
+        num_workers : int, optional
+            Reader threads, for a WSI.
+
+        Returns
+        -------
+        features : ndarray, shape (B, F) or (n_x, n_y, F), dtype float32
+            For a WSI, a grid indexed ``[i, j]`` like ``wsi[i, j]``, NaN where no
+            tile was kept.
+        predictions : ndarray, shape (B, C) or (n_x, n_y, C), dtype float32
+            Only when ``include_preds`` (then a tuple is returned).
+        """
+        if hasattr(obj, "iter_batches") and hasattr(obj, "grid_shape"):
+            return self._slide_grid(obj, num_workers=num_workers)
+        feats, preds = self.run_tiles(obj)
+        return (feats, preds) if self.include_preds else feats
+
+    def run_tiles(self, tiles) -> tuple[np.ndarray, np.ndarray | None]:
+        """Activations (and predictions, or None) of a batch, in chunks of ``batch_size``."""
+        n = len(tiles)
+        if n == 0:
+            px = tiles.shape[1] if np.ndim(tiles) == 4 and tiles.shape[-1] == 3 else None
+            self.probe(px)
+            preds = np.zeros((0, self._num_classes), np.float32) if self.include_preds else None
+            return np.zeros((0, sum(self._widths)), np.float32), preds
+        feats, preds = [], []
+        for start in range(0, n, self.batch_size):
+            f, p = self._forward(self.model.to_tensor(tiles[start : start + self.batch_size]))
+            feats.append(f.cpu().numpy())
+            if p is not None:
+                preds.append(p.cpu().numpy())
+        return np.concatenate(feats), (np.concatenate(preds) if preds else None)
+
+    def iter_features(
+        self, batches: Iterable, *, prefetch_depth: int = 2
+    ) -> Iterator[tuple[object, np.ndarray, np.ndarray | None]]:
+        """Run the model over tile batches while the next ones are read.
+
+        Parameters
+        ----------
+        batches : iterable of TileBatch
+            As ``WSI.iter_batches`` yields them (anything with a ``tiles`` array).
+        prefetch_depth : int
+            Batches a background thread reads ahead while the model runs.
+
+        Yields
+        ------
+        batch, features, predictions
+            The batch, its ``(B, F)`` activations and ``(B, C)`` predictions (None
+            without ``include_preds``).
+        """
+        for batch in prefetch(batches, prefetch_depth):
+            feats, preds = self.run_tiles(batch.tiles)
+            yield batch, feats, preds
+
+    def _slide_grid(self, wsi, *, num_workers: int | None):
+        n_x, n_y = wsi.grid_shape
+        self.probe(wsi.tile_px)
+        grid = np.full((n_x, n_y, sum(self._widths)), np.nan, np.float32)
+        pred_grid = None
+        if self.include_preds:
+            pred_grid = np.full((n_x, n_y, self._num_classes), np.nan, np.float32)
+        batches = wsi.iter_batches(self.batch_size, num_workers=num_workers)
+        with contextlib.closing(self.iter_features(batches)) as results:
+            for batch, feats, preds in results:
+                i, j = batch.grid[:, 0], batch.grid[:, 1]
+                grid[i, j] = feats
+                if pred_grid is not None:
+                    pred_grid[i, j] = preds
+        return (grid, pred_grid) if self.include_preds else grid
+
+    def _forward(self, x):
+        """One forward pass with hooks; returns pooled features and predictions on device."""
+        import torch
+
+        store: dict[str, object] = {}
+        handles = []
+        for layer, module, how in self._targets:
+            hook = partial(_keep, store, layer, self.pooling)
+            if how == "pre":
+                handles.append(module.register_forward_pre_hook(_pre_hook(hook)))
+            elif how == "forward":
+                handles.append(module.register_forward_hook(_forward_hook(hook)))
+        try:
+            with torch.inference_mode():
+                out = _first_tensor(self.model.model(x))
+                parts = []
+                for layer, _, how in self._targets:
+                    if how == OUTPUT:
+                        parts.append(pool(out, self.pooling))
+                    elif layer in store:
+                        parts.append(store[layer])
+                    else:
+                        raise LayerError(
+                            f"layer {layer!r} did not run in the forward pass of "
+                            f"{self.model.path}; choose a layer the network uses"
+                        )
+                feats = torch.cat(parts, dim=1)
+                flat = out.reshape(out.shape[0], -1).float()
+                preds = _activate(flat, self.model.params.output) if self.include_preds else None
+        finally:
+            for handle in handles:
+                handle.remove()
+        if self._widths is None:
+            self._widths = [int(p.shape[1]) for p in parts]
+            self._num_classes = int(flat.shape[1])
+        return feats, preds
+
+    def _resolve(self, layer: str):
+        """(layer, module, how): how is 'forward', 'pre' (postconv) or 'output'."""
+        if layer == OUTPUT:
+            return layer, None, OUTPUT
+        if not self.model.supports_layers:
+            raise LayerError(
+                f"layer {layer!r}: {self.model.path} is a TorchScript model, which gives its "
+                f"final output only (layer '{OUTPUT}'); forward hooks never fire on "
+                "TorchScript, so named layers and 'postconv' need a model directory "
+                "(params.json + state dict, the architecture rebuilt in Python)"
+            )
+        if layer == POSTCONV:
+            return layer, find_classifier(self.model), "pre"
+        modules = dict(self.model.model.named_modules())
+        if layer and layer in modules:
+            return layer, modules[layer], "forward"
+        raise LayerError(unknown_layer_message(layer, self.model.layer_names()))
+
+
+def find_classifier(model):
+    """The final classifier module whose input is ``postconv``.
+
+    timm's ``get_classifier()`` where the network has it, else the last ``nn.Linear``
+    in module order.
+
+    Raises
+    ------
+    LayerError
+        If the network has neither.
+    """
+    from torch import nn
+
+    net = model.model
+    get = getattr(net, "get_classifier", None)
+    if callable(get):
+        head = get()
+        if isinstance(head, tuple | list):  # distilled ViTs return (head, head_dist)
+            head = head[0]
+        if isinstance(head, nn.Module):
+            return head
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise LayerError(
+            f"'{POSTCONV}' (the input of the final classifier) is undefined for "
+            f"{model.path}: it has no get_classifier() and no nn.Linear layer; ask for a "
+            f"named layer instead. {unknown_layer_message(POSTCONV, model.layer_names())}"
+        )
+    return linears[-1]
+
+
+def unknown_layer_message(layer: str, names: Sequence[str]) -> str:
+    """``layer 'x' not in model; available: ...``, shallow names first, truncated."""
+    ordered = [POSTCONV, OUTPUT] + sorted(names, key=lambda n: n.count("."))
+    shown = ", ".join(ordered[:_MAX_NAMES_SHOWN])
+    if len(ordered) > _MAX_NAMES_SHOWN:
+        shown += f", ... ({len(ordered) - _MAX_NAMES_SHOWN} more; LoadedModel.layer_names())"
+    message = f"layer {layer!r} not in model; available: {shown}"
+    close = difflib.get_close_matches(layer, list(names), n=3)
+    if close:
+        message += f"; did you mean {', '.join(map(repr, close))}?"
+    return message
+
+
+def pool(t, pooling: str | None):
+    """Reduce one layer's output to ``(B, n)`` float32 on its device.
+
+    4-D maps ``(B, C, H, W)`` are averaged or maxed over H, W; 3-D token outputs
+    ``(B, T, D)`` over T; None flattens. 2-D outputs pass through.
+    """
+    t = _first_tensor(t)
+    if t.ndim in (3, 4) and pooling is not None:
+        dims = (2, 3) if t.ndim == 4 else (1,)
+        t = t.mean(dim=dims) if pooling == "avg" else t.amax(dim=dims)
+    return t.reshape(t.shape[0], -1).float()
+
+
+def resolve_batch_size(batch_size: int | None, device: str) -> int:
+    """The argument, else ``$HISTOATLAS_BATCH_SIZE``, else a default for the device."""
+    source = "batch_size"
+    if batch_size is None:
+        env = os.environ.get(BATCH_SIZE_ENV, "").strip()
+        if env:
+            source = f"${BATCH_SIZE_ENV}"
+            try:
+                batch_size = int(env)
+            except ValueError:
+                raise ConfigError(f"${BATCH_SIZE_ENV}={env!r} is not an integer") from None
+        else:
+            batch_size = _DEFAULT_BATCH.get(device.split(":")[0], 32)
+    if int(batch_size) < 1:
+        raise ConfigError(f"{source} must be at least 1, got {batch_size}")
+    return int(batch_size)
+
+
+def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
+    """Iterate ``iterable`` in a background thread, up to ``depth`` items ahead.
+
+    Exceptions of the iterable reach the consumer; when the consumer stops early, the
+    thread stops and closes the iterable (so its readers shut down).
+    """
+    if depth < 1:
+        yield from iterable
+        return
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        iterator = iter(iterable)
+        try:
+            for item in iterator:
+                if not put((item, None)):
+                    break
+            else:
+                put((end, None))
+        except BaseException as e:  # handed to the consumer, raised there
+            put((end, e))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="histoatlas-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = items.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
+def _layer_list(layers: str | Sequence[str]) -> list[str]:
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    if not layers:
+        raise ConfigError("layers is empty; give at least one layer name, e.g. ['postconv']")
+    duplicates = sorted({name for name in layers if layers.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"layers {layers} repeat {duplicates}; give each layer once")
+    return layers
+
+
+def _check_pooling(pooling: str | None) -> str | None:
+    if isinstance(pooling, str) and pooling.lower() == "none":
+        return None
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling {pooling!r} is not one of 'avg', 'max', None")
+    return pooling
+
+
+def _first_tensor(out):
+    """The tensor of a module output that may be a tuple/list (attention, RNNs)."""
+    while isinstance(out, tuple | list):
+        out = out[0]
+    return out
+
+
+def _keep(store: dict, layer: str, pooling: str | None, value) -> None:
+    # pooled inside the hook, so full feature maps are never kept
+    store[layer] = pool(value, pooling)
+
+
+def _forward_hook(keep):
+    return lambda module, args, output: keep(output)
+
+
+def _pre_hook(keep):
+    return lambda module, args: keep(args[0])
+
+
+def _activate(out, output: str):
+    if output == "softmax":
+        return out.softmax(dim=1)
+    if output == "sigmoid":
+        return out.sigmoid()
+    return out

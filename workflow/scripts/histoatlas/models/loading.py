@@ -1,0 +1,147 @@
+"""Turn a model path into a :class:`LoadedModel`, whatever kind of model it is.
+
+The path decides the loader: a directory with ``params.json`` (its ``backend`` picks
+torch or TensorFlow), a TorchScript or pickled torch file, or a Keras file. Keras models
+are handled by ``histoatlas.models.keras_model`` when that module exists; until then they
+are a clear error, and nothing else here needs to change when it arrives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from histoatlas.errors import ModelError
+from histoatlas.models.loaded import LoadedModel, Normalizer
+from histoatlas.models.params import ModelParams
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    device: str | None = None,
+    trust_model_code: bool = False,
+) -> LoadedModel:
+    """Load a model for inference.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A model directory (``params.json`` + weights; the architecture is rebuilt in
+        Python, so every layer can be read), a TorchScript file (final output only;
+        a ``params.json`` beside it supplies tile size and normalisation), or a whole
+        pickled torch module (needs ``trust_model_code``).
+    device : str, optional
+        Torch device; default CUDA, then MPS, then CPU.
+    trust_model_code : bool
+        Allow checkpoints that need arbitrary Python objects unpickled. Such a file can
+        run any code when loaded: only for files from a source you trust.
+
+    Returns
+    -------
+    LoadedModel
+        The network in eval mode on its device, with params, preprocess and provenance.
+
+    Raises
+    ------
+    ModelError
+        If the path is missing, is not a model histoatlas can load, its weights do not
+        fit its architecture, or it needs unpickling that was not allowed.
+    ConfigError
+        If ``device`` names a device that is not available.
+
+    Examples
+    --------
+    >>> model = load_model("resources/demo/model")  # doctest: +SKIP
+    >>> model.backend, model.kind, model.class_names  # doctest: +SKIP
+    ('torch', 'directory', ['tumor', 'stroma'])
+    """
+    from histoatlas.models import torch_model
+
+    path = Path(path)
+    params, params_path = read_params(path)
+    if _is_keras(path, params, params_path):
+        return _load_keras(path, params, params_path, device=device)
+    if path.is_dir():
+        return torch_model.load_torch_directory(
+            path, params, params_path, device=device, trust_model_code=trust_model_code
+        )
+    return torch_model.load_torch_file(
+        path, params, params_path, device=device, trust_model_code=trust_model_code
+    )
+
+
+def get_preprocess_fn(path: str | os.PathLike) -> Normalizer:
+    """The preprocessing a model expects, read from its params without loading weights.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A model path as :func:`load_model` takes it.
+
+    Returns
+    -------
+    Normalizer
+        Callable mapping uint8 ``(..., H, W, 3)`` to float32 ``(x / 255 - mean) / std``,
+        channels last.
+
+    Raises
+    ------
+    ModelError
+        If the path is missing or its ``params.json`` is invalid.
+
+    Examples
+    --------
+    >>> preprocess = get_preprocess_fn("resources/demo/model")  # doctest: +SKIP
+    >>> preprocess(tiles).dtype  # doctest: +SKIP
+    dtype('float32')
+    """
+    params, _ = read_params(Path(path))
+    return Normalizer(params.mean, params.std)
+
+
+def read_params(path: Path) -> tuple[ModelParams, Path | None]:
+    """The ``params.json`` of a model path, and where it was found.
+
+    A directory must have one (a TensorFlow SavedModel directory may go without); a
+    file uses a ``params.json`` beside it if there is one, else the defaults.
+    """
+    if not path.exists():
+        raise ModelError(
+            f"model path {path} does not exist; give a model directory (params.json + "
+            "weights), a TorchScript file or a Keras file"
+        )
+    if path.is_dir():
+        params_path = path / "params.json"
+        if not params_path.exists() and (path / "saved_model.pb").exists():
+            return ModelParams(backend="tensorflow"), None
+        return ModelParams.from_json(params_path), params_path
+    beside = path.parent / "params.json"
+    if beside.is_file():
+        return ModelParams.from_json(beside), beside
+    return ModelParams(), None
+
+
+def _is_keras(path: Path, params: ModelParams, params_path: Path | None) -> bool:
+    if path.is_dir():
+        return params.backend == "tensorflow"
+    return path.suffix.lower() in KERAS_SUFFIXES
+
+
+def _load_keras(
+    path: Path, params: ModelParams, params_path: Path | None, *, device: str | None
+) -> LoadedModel:
+    # the Keras backend lives in its own module, added by a later issue; it provides
+    # load_keras_model(path, *, params, params_path, device) -> LoadedModel
+    if importlib.util.find_spec("histoatlas.models.keras_model") is None:
+        raise ModelError(
+            f"{path} is a Keras/TensorFlow model, and Keras support is not available in this "
+            "version of histoatlas yet (it comes with histoatlas.models.keras_model); use a "
+            "PyTorch model directory or TorchScript file for now"
+        )
+    from histoatlas.models import keras_model
+
+    return keras_model.load_keras_model(path, params=params, params_path=params_path, device=device)
