@@ -18,6 +18,7 @@ include: "workflow/rules/dataset.smk"
 include: "workflow/rules/umap.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/mosaic.smk"
+include: "workflow/rules/saliency.smk"
 
 
 rule all:

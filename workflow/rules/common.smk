@@ -114,9 +114,27 @@ def plot_labels():
     return list(dict.fromkeys(config["plots"]["labels"] + builtin))
 
 
+def saliency_method_params():
+    """Per-method options of the saliency methods, from the config's saliency section."""
+    cfg = config["saliency"]
+    steps, batch = cfg["x_steps"], cfg["batch_size"]
+    return {
+        "integrated_gradients": {"x_steps": steps, "batch_size": batch},
+        "guided_integrated_gradients": {
+            "x_steps": steps,
+            "max_dist": cfg["max_dist"],
+            "fraction": cfg["fraction"],
+        },
+        "blur_integrated_gradients": {"steps": steps, "batch_size": batch},
+        "xrai": {"batch_size": batch},
+    }
+
+
 def final_targets():
     """Everything `rule all` builds for the configured cohort."""
     targets = list(dataset_files(COHORT).values())
     targets += expand("results/{cohort}/plots/umap_{label}.png", cohort=COHORT, label=plot_labels())
     targets += [f"results/{COHORT}/mosaic/mosaic.png"]
+    if config["features"]["include_preds"]:
+        targets += [f"results/{COHORT}/saliency/overview.png"]
     return targets

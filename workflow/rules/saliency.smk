@@ -1,0 +1,44 @@
+rule select_saliency_tiles:
+    input:
+        tiles="results/{cohort}/dataset/tiles.parquet",
+        slides="results/{cohort}/dataset/slides.parquet",
+    output:
+        csv="results/{cohort}/saliency/tiles.csv",
+    log:
+        "logs/select_saliency_tiles/{cohort}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        tiles=lookup(dpath="saliency/tiles", within=config),
+    script:
+        "../scripts/select_saliency_tiles.py"
+
+
+rule saliency_maps:
+    input:
+        tiles=rules.select_saliency_tiles.output.csv,
+        model=model_files,
+    output:
+        maps=directory("results/{cohort}/saliency/maps"),
+        manifest="results/{cohort}/saliency/maps.csv",
+        overview=report(
+            "results/{cohort}/saliency/overview.png",
+            caption="../report/saliency.rst",
+            category="Saliency",
+        ),
+    log:
+        "logs/saliency_maps/{cohort}.log",
+    benchmark:
+        "logs/saliency_maps/{cohort}.benchmark.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    resources:
+        gpu=1,
+    params:
+        model=lookup(dpath="model", within=config),
+        trust_model_code=lookup(dpath="trust_model_code", within=config),
+        methods=lookup(dpath="saliency/methods", within=config),
+        method_params=saliency_method_params(),
+        smooth=lookup(dpath="saliency/smooth", within=config),
+    script:
+        "../scripts/saliency_maps.py"
