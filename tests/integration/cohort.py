@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+SNAKEFILE = ROOT / "Snakefile"
 TILE = 64  # level-0 px per tile in the tiny config (32 um at 0.5 mpp)
 
 
@@ -68,14 +68,28 @@ def add_slide(directory: Path, slide: str, seed: int) -> None:
         fh.write(f"{slide},slides/{slide}.tiff,a\n")
 
 
-def snakemake(directory: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    directory: Path, *args: str, check: bool = True, snakefile: Path = SNAKEFILE
+) -> subprocess.CompletedProcess:
     """Run Snakemake on ``directory`` with its config.yaml; output captured as text."""
-    cmd = SNAKEMAKE + ["--directory", str(directory), "--configfile", "config.yaml"]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile)]
+    cmd += ["--directory", str(directory), "--configfile", "config.yaml"]
     cmd += ["--cores", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=directory)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def copy_workflow(destination: Path) -> Path:
+    """Copy the workflow's code (Snakefile, workflow/, profiles/) and return its Snakefile."""
+    destination.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SNAKEFILE, destination / "Snakefile")
+    for folder in ("workflow", "profiles"):
+        shutil.copytree(
+            ROOT / folder, destination / folder, ignore=shutil.ignore_patterns("*.egg-info")
+        )
+    return destination / "Snakefile"
 
 
 def job_counts(output: str) -> dict[str, int]:

@@ -7,10 +7,19 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from histoatlas.config import coerce_config  # noqa: E402
-from histoatlas.sheet import check_label_columns, read_sheet  # noqa: E402
+from histoatlas.config import check_config, coerce_config  # noqa: E402
+from histoatlas.errors import HistoatlasError  # noqa: E402
+from histoatlas.extract import check_model_path  # noqa: E402
+from histoatlas.qc import summary_line, write_qc_summary  # noqa: E402
+from histoatlas.sheet import (  # noqa: E402
+    check_label_columns,
+    check_slide_files,
+    read_sheet,
+)
 
 import yaml  # noqa: E402
+from snakemake.exceptions import WorkflowError  # noqa: E402
+from snakemake.logging import logger  # noqa: E402
 
 DEMO_SHEET = "resources/demo/slides.csv"
 DEMO_MODEL = "resources/demo/model"
@@ -19,7 +28,6 @@ ID_PATTERN = "[A-Za-z0-9._-]+"
 with open(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml") as fh:
     _CONFIG_SCHEMA = yaml.safe_load(fh)
 config.update(coerce_config(dict(config), _CONFIG_SCHEMA))
-validate(config, "../schemas/config.schema.yaml")
 
 
 def _load_sheet():
@@ -33,10 +41,36 @@ def _load_sheet():
     sheet = read_sheet(config["slides"])
     validate(sheet, "../schemas/slides.schema.yaml")
     check_label_columns(sheet, config["plots"]["labels"], source=config["slides"])
+    # Slide files (the demo's are built by a rule): once, in the main process.
+    if config["slides"] != DEMO_SHEET and not workflow.remote_exec:
+        check_slide_files(sheet, source=config["slides"])
     return sheet
 
 
-SHEET = _load_sheet().set_index("slide", drop=False)
+def _check_model():
+    """The model path and its tile size, before any job loads it (the demo's is built)."""
+    if config["model"] == DEMO_MODEL and not Path(DEMO_MODEL, "params.json").exists():
+        return
+    check_model_path(
+        config["model"],
+        tile_px=config["tiles"]["px"],
+        allow_mismatch=config["tiles"]["allow_model_mismatch"],
+    )
+
+
+def _checked_inputs():
+    """Config, sheet and model checks; a problem stops the run before any job, in one line."""
+    try:
+        check_config(config, _CONFIG_SCHEMA)
+        validate(config, "../schemas/config.schema.yaml")
+        sheet = _load_sheet()
+        _check_model()
+    except HistoatlasError as e:
+        raise WorkflowError(f"{type(e).__name__}: {e}") from None
+    return sheet
+
+
+SHEET = _checked_inputs().set_index("slide", drop=False)
 COHORT = config["cohort"]
 FEATURESET = config["features"]["name"]
 
@@ -114,6 +148,11 @@ def plot_labels():
     return list(dict.fromkeys(config["plots"]["labels"] + builtin))
 
 
+def n_clusters_for_label(wildcards):
+    """k of the k-means plot; None for other labels, so changing k reruns that plot only."""
+    return config["plots"]["n_clusters"] if wildcards.label == "cluster" else None
+
+
 def saliency_method_params():
     """Per-method options of the saliency methods, from the config's saliency section."""
     cfg = config["saliency"]
@@ -128,6 +167,26 @@ def saliency_method_params():
         "blur_integrated_gradients": {"steps": steps, "batch_size": batch},
         "xrai": {"batch_size": batch},
     }
+
+
+def write_qc():
+    """Write results/{cohort}/qc/slides.csv; called when a run ends, succeeded or failed.
+
+    It cannot be a rule: a rule needing every slide's file never runs when one slide
+    failed under --keep-going, which is when the table matters most.
+    """
+    try:
+        table, path = write_qc_summary(
+            SHEET["slide"].tolist(),
+            featureset=FEATURESET,
+            cohort=COHORT,
+            h5_pattern=slide_h5("{slide}"),
+            log_pattern=rules.extract_activations.log[0].replace("{featureset}", FEATURESET),
+        )
+    except Exception as e:  # never hide the run's own outcome behind a QC problem
+        logger.warning(f"could not write the slide qc table: {type(e).__name__}: {e}")
+        return
+    logger.info(summary_line(table, path))
 
 
 def final_targets():

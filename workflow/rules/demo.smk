@@ -15,13 +15,13 @@ rule make_demo_slides:
     output:
         sheet=DEMO_SHEET,
         slides=demo_slide_files(),
+        labels=demo_slide_files(".labels.png"),
     log:
         "logs/demo/make_demo_slides.log",
     conda:
         "../../envs/analysis.yaml"
     params:
         demo=lookup(dpath="demo", within=config),
-        tiles=lookup(dpath="tiles", within=config),
     script:
         "../scripts/make_demo_slides.py"
 

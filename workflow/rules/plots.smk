@@ -14,7 +14,7 @@ rule plot_umap:
     conda:
         "../../envs/analysis.yaml"
     params:
-        n_clusters=lookup(dpath="plots/n_clusters", within=config),
+        n_clusters=n_clusters_for_label,
         seed=lookup(dpath="umap/seed", within=config),
     script:
         "../scripts/plot_umap.py"
