@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histoatlas.atomic import atomic_output
+from histoatlas.atomic import atomic_output, is_partial
 from histoatlas.errors import EmptyDatasetError, HistoatlasError
 from histoatlas.sheet import label_columns
 
 TILE_KEYS = ["slide", "tile", "x", "y", "grid_i", "grid_j"]
-SLIDE_GEOMETRY = ["path", "mpp", "tile_px", "tile_um", "patch_size_level0"]
 
 
 def merge_dataset(
@@ -69,22 +68,14 @@ def merge_dataset(
         signature = _signature(sf.attrs, sf.features.shape[1])
         if reference is None:
             reference = (path, signature)
+            first_attrs = sf.attrs
         elif signature != reference[1]:
             raise HistoatlasError(
                 f"{path} has layers/width/classes {signature}, but {reference[0]} has "
                 f"{reference[1]}; all slides of a dataset must come from one featureset"
             )
         n = len(sf.coords)
-        table = pd.DataFrame(
-            {
-                "slide": row["slide"],
-                "tile": np.arange(n, dtype=np.int64),
-                "x": sf.coords[:, 0],
-                "y": sf.coords[:, 1],
-                "grid_i": sf.grid[:, 0],
-                "grid_j": sf.grid[:, 1],
-            }
-        )
+        table = _tile_keys(row["slide"], sf)
         for label in labels:
             table[label] = row[label]
         if sf.predictions is not None:
@@ -127,12 +118,26 @@ def merge_dataset(
         f.create_dataset("slide_features", data=np.stack(slide_means).astype(np.float32))
         f.attrs["slides"] = json.dumps(slides_df["slide"].tolist())
         f.attrs["n_tiles"] = json.dumps(slides_df["n_tiles"].tolist())
-        attrs = read_slide_h5(h5_paths[0]).attrs
         for key in ("layers", "layer_slices", "class_names"):
-            f.attrs[key] = json.dumps(attrs.get(key))
+            f.attrs[key] = json.dumps(first_attrs.get(key))
         for key in ("pooling", "model", "model_sha256"):
-            f.attrs[key] = str(attrs.get(key))
+            f.attrs[key] = str(first_attrs.get(key))
     return tiles_df, slides_df
+
+
+def _tile_keys(slide: str, sf) -> pd.DataFrame:
+    """The key columns of ``tiles.parquet`` (see ``TILE_KEYS``) for one slide's file."""
+    return pd.DataFrame(
+        {
+            "slide": slide,
+            "tile": np.arange(len(sf.coords), dtype=np.int64),
+            "x": sf.coords[:, 0],
+            "y": sf.coords[:, 1],
+            "grid_i": sf.grid[:, 0],
+            "grid_j": sf.grid[:, 1],
+        },
+        columns=TILE_KEYS,
+    )
 
 
 def _signature(attrs: dict, width: int) -> tuple:
@@ -306,7 +311,10 @@ class DatasetFeatures:
         from histoatlas.slide_h5 import read_slide_h5
 
         folder = Path(folder)
-        names = list(slides) if slides is not None else sorted(p.stem for p in folder.glob("*.h5"))
+        if slides is not None:
+            names = list(slides)
+        else:  # not the temporary files of a job still writing, or of a killed one
+            names = sorted(p.stem for p in folder.glob("*.h5") if not is_partial(p))
         if not names:
             raise EmptyDatasetError(f"{folder} holds no per-slide .h5 files")
         tiles, features, predictions, rows = [], [], [], []
@@ -314,18 +322,7 @@ class DatasetFeatures:
         for name in names:
             sf = read_slide_h5(folder / f"{name}.h5")
             n = len(sf.coords)
-            tiles.append(
-                pd.DataFrame(
-                    {
-                        "slide": name,
-                        "tile": np.arange(n),
-                        "x": sf.coords[:, 0],
-                        "y": sf.coords[:, 1],
-                        "grid_i": sf.grid[:, 0],
-                        "grid_j": sf.grid[:, 1],
-                    }
-                )
-            )
+            tiles.append(_tile_keys(name, sf))
             features.append(sf.features)
             if sf.predictions is not None:
                 predictions.append(sf.predictions)
