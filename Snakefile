@@ -2,7 +2,7 @@
 # Usage: `make demo`, or `snakemake --cores N --workflow-profile profiles/default`.
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.19")  # profiles/*/profile.yaml are read from 9.19 on
 
 
 configfile: "config.yaml"
@@ -25,3 +25,13 @@ rule all:
     default_target: True
     input:
         final_targets(),
+
+
+# The per-slide qc table (results/{cohort}/qc/slides.csv) is written when a run ends,
+# whether every job succeeded or some failed (--keep-going).
+onsuccess:
+    write_qc()
+
+
+onerror:
+    write_qc()

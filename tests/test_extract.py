@@ -105,6 +105,11 @@ def test_extract_slide_end_to_end(slide, model_dir, tmp_path):
         "model_sha256": sha,
         "class_names": ["tumor", "stroma", "fat"],
         "histoatlas_version": histoatlas.__version__,
+        # the tile counts, for the cohort's qc table
+        "n_grid": 48,
+        "n_candidates": qc["n_candidates"],
+        "n_kept": n,
+        "n_filtered": qc["n_filtered"],
     }
     assert sf.coords_attrs["patch_size"] == TILE_PX
     assert sf.coords_attrs["patch_size_level0"] == 128

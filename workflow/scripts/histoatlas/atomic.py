@@ -1,13 +1,18 @@
 """Write outputs under a temporary name and rename them when complete.
 
 A job killed at any moment must never leave a file that Snakemake or a reader would
-take as finished: the final name only appears through an atomic ``os.replace``.
+take as finished: the final name only appears through an atomic ``os.replace``. A job
+killed by SIGKILL cannot remove its temporary file; the next successful write of the
+same output removes such leftovers (see :func:`remove_stale_partials`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +27,66 @@ def partial_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
 
 
+_PARTIAL = re.compile(r"^\.(?P<stem>.+)\.partial-(?P<pid>\d+)(?P<suffix>.*)$")
+
+
+def is_partial(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a temporary name of :func:`partial_path` (never a finished file).
+
+    Readers that list a folder (``*.h5``) use it to skip files still being written, or
+    left behind by a killed job.
+    """
+    return _PARTIAL.match(Path(path).name) is not None
+
+
+def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary files of ``path`` whose writing process no longer runs.
+
+    A job killed by SIGKILL leaves its ``.{stem}.partial-{pid}{suffix}`` behind. The
+    process id is checked on this machine only: a partial whose writer is alive (here,
+    or with the same id) stays. Snakemake never runs two jobs for one output at a time,
+    so a partial of a dead process is garbage.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The final output path whose leftovers to remove.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.glob(f".{glob.escape(path.stem)}.partial-*"):
+        match = _PARTIAL.match(candidate.name)
+        if not match or match["stem"] != path.stem or match["suffix"] != path.suffix:
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            if candidate.is_dir() and not candidate.is_symlink():
+                shutil.rmtree(candidate)
+            else:
+                candidate.unlink()
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or cannot tell: keep the file
+    return True
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path; rename it to ``path`` only if the block succeeds.
@@ -34,7 +99,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     Yields
     ------
     Path
-        Where to write. Removed if the block raises.
+        Where to write. Removed if the block raises. After the rename, temporary files
+        of the same output left by killed jobs are removed (:func:`remove_stale_partials`).
 
     Examples
     --------
@@ -51,3 +117,5 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    with contextlib.suppress(OSError):
+        remove_stale_partials(path)

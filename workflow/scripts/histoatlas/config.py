@@ -86,3 +86,68 @@ def coerce_config(value: Any, schema: dict) -> Any:
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [coerce_config(v, schema["items"]) for v in value]
     return value
+
+
+def check_config(config: dict, schema: dict) -> None:
+    """Raise a short ConfigError naming the key if ``config`` breaks ``schema``.
+
+    Snakemake's own validation reports the same problem as a dump of the JSON schema;
+    this names the key as a dotted path (``tiles.px``), the value, what is wrong, what
+    the key means and its default, in one line. Run it on the coerced config (see
+    :func:`coerce_config`), before Snakemake's validation fills in the defaults.
+
+    Parameters
+    ----------
+    config : dict
+        The configuration.
+    schema : dict
+        Its JSON schema (``workflow/schemas/config.schema.yaml``).
+
+    Raises
+    ------
+    ConfigError
+        For the most relevant violation (``jsonschema.exceptions.best_match``).
+
+    Examples
+    --------
+    >>> from histoatlas.errors import ConfigError
+    >>> schema = {"type": "object", "properties": {"k": {"type": "integer"}}}
+    >>> try:
+    ...     check_config({"k": "many"}, schema)
+    ... except ConfigError as e:
+    ...     print(e)
+    config key `k`: 'many' is not of type 'integer'; fix it in the config file or in --config
+    """
+    from jsonschema.exceptions import best_match
+    from jsonschema.validators import validator_for
+
+    from histoatlas.errors import ConfigError
+
+    validator = validator_for(schema)(schema)
+    error = best_match(validator.iter_errors(config))
+    if error is None:
+        return
+    key = ""
+    for part in error.absolute_path:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else str(part)
+    where = f"config key `{key}`" if key else "config"
+    sub = _subschema(schema, list(error.absolute_path))
+    hints = []
+    if error.validator == "additionalProperties" and sub.get("properties"):
+        hints.append(f"known keys{f' of `{key}`' if key else ''}: {', '.join(sub['properties'])}")
+    elif sub.get("description"):
+        about = " ".join(str(sub["description"]).split()).rstrip(".")
+        default = f"; default {sub['default']!r}" if "default" in sub else ""
+        hints.append(f"`{key}`: {about}{default}")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    raise ConfigError(f"{where}: {error.message}{hint}; fix it in the config file or in --config")
+
+
+def _subschema(schema: dict, path: list) -> dict:
+    """The schema of the value at ``path`` (keys and list indices) of the config."""
+    for part in path:
+        if isinstance(part, int):
+            schema = schema.get("items", {}) if isinstance(schema.get("items"), dict) else {}
+        else:
+            schema = schema.get("properties", {}).get(part, {})
+    return schema

@@ -113,19 +113,15 @@ def extract_slide(
     from histoatlas.features import Features
     from histoatlas.models import LoadedModel, load_model
     from histoatlas.progress import Progress
-    from histoatlas.slide_h5 import write_slide_h5
+    from histoatlas.slide_h5 import QC_ATTRS, write_slide_h5
     from histoatlas.wsi import WSI
 
     stream = log if log is not None else sys.stderr
     t_start = time.perf_counter()
-    if isinstance(model, LoadedModel):
-        loaded = model.to(device) if device is not None else model
-    else:
-        loaded = load_model(model, device=device, trust_model_code=trust_model_code)
-    check_tile_px(loaded, tile_px, allow_mismatch=allow_tile_px_mismatch)
-    features = Features(
-        loaded, layers, pooling=pooling, include_preds=include_preds, batch_size=batch_size
-    )
+    # Cheap checks first (params.json, then opening the slide and its MPP), so a bad
+    # model path or slide fails in milliseconds, before the network loads.
+    if not isinstance(model, LoadedModel):
+        check_model_path(model, tile_px=tile_px, allow_mismatch=allow_tile_px_mismatch)
     with WSI(
         slide_path,
         tile_px,
@@ -136,6 +132,14 @@ def extract_slide(
         **_tissue_kwargs(tissue, WSI),
     ) as wsi:
         _say(stream, f"{wsi!r}")
+        if isinstance(model, LoadedModel):
+            loaded = model.to(device) if device is not None else model
+        else:
+            loaded = load_model(model, device=device, trust_model_code=trust_model_code)
+        check_tile_px(loaded, tile_px, allow_mismatch=allow_tile_px_mismatch)
+        features = Features(
+            loaded, layers, pooling=pooling, include_preds=include_preds, batch_size=batch_size
+        )
         features.probe(wsi.tile_px)
         _say(stream, f"{features!r}, {features.num_features} features per tile")
         candidates = wsi.candidates
@@ -150,7 +154,7 @@ def extract_slide(
         batches = wsi.iter_batches(features.batch_size, num_workers=num_workers)
         # closing: a failure stops the reader threads now, not when the traceback dies
         with (
-            cpu_threads_beside_readers(loaded.device, num_workers),
+            cpu_threads_beside_readers(loaded.device, num_workers, backend=loaded.backend),
             contextlib.closing(features.iter_features(batches)) as results,
         ):
             for batch, feats, preds in results:
@@ -164,6 +168,12 @@ def extract_slide(
 
         feats, preds, coords, grid = _stack(chunks, features)
         order = np.lexsort((grid[:, 0], grid[:, 1]))  # row by row, as WSI.candidates
+        qc = dict(wsi.qc or {}) or {
+            "n_grid": int(np.prod(wsi.grid_shape)),
+            "n_candidates": len(candidates),
+            "n_kept": kept,
+            "n_filtered": len(candidates) - kept,
+        }
         attrs = {
             "slide": wsi.name,
             "slide_path": os.fspath(slide_path),
@@ -182,6 +192,7 @@ def extract_slide(
             "model_sha256": loaded.sha256(),
             "class_names": loaded.class_names,
             "histoatlas_version": histoatlas.__version__,
+            **{k: int(qc[k]) for k in QC_ATTRS},  # tile counts, for the cohort's qc table
         }
         write_slide_h5(
             out_path,
@@ -191,12 +202,6 @@ def extract_slide(
             predictions=preds[order] if preds is not None else None,
             attrs=attrs,
         )
-        qc = dict(wsi.qc or {}) or {
-            "n_grid": int(np.prod(wsi.grid_shape)),
-            "n_candidates": len(candidates),
-            "n_kept": kept,
-            "n_filtered": len(candidates) - kept,
-        }
     qc["seconds"] = seconds
     qc["tiles_per_s"] = kept / seconds if seconds > 0 else 0.0
     qc["seconds_total"] = time.perf_counter() - t_start
@@ -216,32 +221,76 @@ def check_tile_px(loaded, tile_px: int, *, allow_mismatch: bool = False) -> None
     ModelError
         Naming the model's and the config's ``tile_px``.
     """
-    trained = int(loaded.params.tile_px)
-    if loaded.params_path is None or trained == int(tile_px) or allow_mismatch:
+    _check_tile_px(
+        loaded.path, loaded.params, loaded.params_path, tile_px, allow_mismatch=allow_mismatch
+    )
+
+
+def check_model_path(
+    model: str | os.PathLike, *, tile_px: int, allow_mismatch: bool = False
+) -> None:
+    """Check a model path and its ``tile_px`` without loading the network.
+
+    Cheap (it reads ``params.json`` only, no torch), so the workflow calls it before any
+    job runs: a wrong model path or tile size fails once, not once per slide.
+
+    Parameters
+    ----------
+    model : str or PathLike
+        Model directory, TorchScript or Keras file (see :func:`histoatlas.load_model`).
+    tile_px : int
+        The config's ``tiles.px``.
+    allow_mismatch : bool
+        Accept a ``tile_px`` other than the model's (``tiles.allow_model_mismatch``).
+
+    Raises
+    ------
+    ModelError
+        If the path does not exist, its ``params.json`` is missing or invalid, or its
+        ``tile_px`` differs from ``tile_px`` and ``allow_mismatch`` is False.
+    """
+    from pathlib import Path
+
+    from histoatlas.models.loading import read_params
+
+    path = Path(model)
+    params, params_path = read_params(path)
+    _check_tile_px(path, params, params_path, tile_px, allow_mismatch=allow_mismatch)
+
+
+def _check_tile_px(path, params, params_path, tile_px: int, *, allow_mismatch: bool) -> None:
+    trained = int(params.tile_px)
+    if params_path is None or trained == int(tile_px) or allow_mismatch:
         return
     raise ModelError(
-        f"model {loaded.path} was trained on {trained} px tiles (tile_px in "
-        f"{loaded.params_path}), but the config asks for tiles.px = {tile_px}; set "
+        f"model {path} was trained on {trained} px tiles (tile_px in "
+        f"{params_path}), but the config asks for tiles.px = {tile_px}; set "
         f"tiles.px to {trained}, or allow the mismatch (tiles.allow_model_mismatch: true, "
         "allow_tile_px_mismatch=True) if the network accepts other sizes"
     )
 
 
 @contextlib.contextmanager
-def cpu_threads_beside_readers(device: str, num_workers: int | None) -> Iterator[int]:
+def cpu_threads_beside_readers(
+    device: str, num_workers: int | None, *, backend: str = "torch"
+) -> Iterator[int]:
     """Leave CPU cores to the slide readers while the model runs on the CPU.
 
     torch's intra-op threads default to every core; with reader threads beside them
     the cores are oversubscribed and both slow down (measured on 16 cores, demo CNN at
     224 px: 335 tiles/s with 16 torch threads and 4 readers, 649 with 12). Readers are
     given up to half the cores; the thread count is only ever lowered, and restored
-    afterwards.
+    afterwards. TensorFlow fixes its thread pools when it starts, so a Keras model
+    (``backend="tensorflow"``) is left as it is, and torch is not imported for it.
 
     Yields
     ------
     int
-        The torch thread count in effect.
+        The torch thread count in effect (0 for a Keras model).
     """
+    if backend != "torch":
+        yield 0
+        return
     import torch
 
     before = torch.get_num_threads()

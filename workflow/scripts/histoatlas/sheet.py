@@ -149,6 +149,45 @@ def check_label_columns(sheet: pd.DataFrame, labels: Iterable[str], *, source: s
         )
 
 
+def check_slide_files(
+    sheet: pd.DataFrame, *, source: str, root: str | Path = ".", show: int = 10
+) -> None:
+    """Raise SheetError, listing every one, if slide files of the sheet do not exist.
+
+    Called before any job runs, so a typo in one path stops the run at once (with the
+    sheet's line) instead of after hours of extraction, and lists all such rows together.
+
+    Parameters
+    ----------
+    sheet : DataFrame
+        A checked sheet (:func:`check_sheet`), rows in file order.
+    source : str
+        Name used in the message (the sheet's path).
+    root : str or Path
+        Directory relative paths are resolved against (the working directory).
+    show : int
+        At most this many missing files are named; the rest are counted.
+
+    Raises
+    ------
+    SheetError
+        Naming the line, slide id and path of each missing file.
+    """
+    root = Path(root)
+    missing = [
+        f"line {i + 2}: slide {slide!r}: {path}"
+        for i, (slide, path) in enumerate(zip(sheet["slide"], sheet["path"], strict=True))
+        if not (root / str(path)).exists()
+    ]
+    if missing:
+        more = f"; and {len(missing) - show} more" if len(missing) > show else ""
+        raise SheetError(
+            f"{source}: {len(missing)} slide file(s) not found ({'; '.join(missing[:show])}"
+            f"{more}); fix `path` (absolute, or relative to the directory Snakemake runs in: "
+            f"{root.resolve()}) or remove the row(s)"
+        )
+
+
 def label_columns(sheet: pd.DataFrame) -> list[str]:
     """Return the sheet's label columns (everything but ``slide``, ``path`` and ``mpp``)."""
     return [c for c in sheet.columns if c not in ("slide", "path", "mpp")]

@@ -42,6 +42,9 @@ FILE_ATTRS = (
     "class_names",
     "histoatlas_version",
 )
+# Optional file attributes: the tiling's tile counts (grid tiles, tissue candidates, tiles
+# kept after the filters, candidates filtered out), read by histoatlas.qc.
+QC_ATTRS = ("n_grid", "n_candidates", "n_kept", "n_filtered")
 COORDS_ATTRS = (
     "patch_size",
     "patch_size_level0",
@@ -135,7 +138,8 @@ def write_slide_h5(
         Stored as float32; None writes no ``predictions`` dataset.
     attrs : dict
         Every name of :data:`FILE_ATTRS`. ``layers``, ``layer_slices`` and
-        ``class_names`` may be Python objects (stored as JSON).
+        ``class_names`` may be Python objects (stored as JSON). Other keys (such as the
+        tile counts of :data:`QC_ATTRS`) are stored as they are.
 
     Raises
     ------
@@ -222,6 +226,44 @@ def read_slide_h5(path: str | os.PathLike) -> SlideFeatures:
             attrs={k: _decode(k, v) for k, v in f.attrs.items()},
             coords_attrs={k: _decode(k, v) for k, v in f["coords"].attrs.items()},
         )
+
+
+def read_slide_attrs(path: str | os.PathLike) -> dict:
+    """Read only the attributes of a per-slide HDF5 file (no activations), and its tile count.
+
+    Parameters
+    ----------
+    path : str or PathLike
+
+    Returns
+    -------
+    dict
+        The file attributes, decoded as by :func:`read_slide_h5`, plus ``n_tiles`` (rows
+        of ``coords``).
+
+    Raises
+    ------
+    HistoatlasError
+        If the file is missing, not HDF5, or has no ``coords``.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise HistoatlasError(f"per-slide feature file {path} does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise HistoatlasError(f"{path} is not a readable HDF5 file: {e}") from None
+    with f:
+        if "coords" not in f:
+            raise HistoatlasError(
+                f"{path} lacks dataset 'coords': not a histoatlas per-slide file "
+                "(re-extract the slide with histoatlas)"
+            )
+        attrs = {k: _decode(k, v) for k, v in f.attrs.items()}
+        attrs["n_tiles"] = int(f["coords"].shape[0])
+    return attrs
 
 
 def _encode(key: str, value):
