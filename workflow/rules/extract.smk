@@ -9,7 +9,7 @@ rule extract_activations:
     benchmark:
         "logs/extract_activations/{featureset}/{slide}.benchmark.tsv"
     conda:
-        "../../envs/torch.yaml"
+        model_env
     threads: 4
     resources:
         gpu=1,

@@ -31,7 +31,7 @@ rule saliency_maps:
     benchmark:
         "logs/saliency_maps/{cohort}.benchmark.tsv"
     conda:
-        "../../envs/torch.yaml"
+        model_env
     resources:
         gpu=1,
     params:
