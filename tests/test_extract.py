@@ -105,6 +105,7 @@ def test_extract_slide_end_to_end(slide, model_dir, tmp_path):
         "model_sha256": sha,
         "class_names": ["tumor", "stroma", "fat"],
         "histoatlas_version": histoatlas.__version__,
+        "precision": "float32",  # compute precision of the forward pass
         # the tile counts, for the cohort's qc table
         "n_grid": 48,
         "n_candidates": qc["n_candidates"],

@@ -321,9 +321,9 @@ def test_input_must_be_preprocessed(cnn):
         SaliencyMap(cnn, 0).vanilla(np.zeros((32, 32, 3), np.uint8))
     with pytest.raises(ModelError, match="torch.nn.Module"):
         SaliencyMap(lambda x: x, 0)
-    keras = SimpleNamespace(backend="tensorflow", model=object(), path="m.keras")
-    with pytest.raises(ModelError, match="'tensorflow' models are not implemented yet.*m.keras"):
-        SaliencyMap(keras, 0)
+    other = SimpleNamespace(backend="caffe", model=object(), path="m.caffemodel")
+    with pytest.raises(ModelError, match="m.caffemodel: unknown backend 'caffe'"):
+        SaliencyMap(other, 0)
 
 
 # -- a loaded model directory ----------------------------------------------------------------

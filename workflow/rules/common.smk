@@ -109,10 +109,32 @@ def model_files(wildcards):
     """Files the model consists of, so that a retrained model re-extracts."""
     model = Path(config["model"])
     if config["model"] == DEMO_MODEL:
-        return [str(model / "params.json"), str(model / "weights.pt")]
+        return [str(model / "params.json"), str(model / demo_weights())]
     if model.is_dir():
         return sorted(str(p) for p in model.rglob("*") if p.is_file())
     return [str(model)]
+
+
+def model_env(wildcards):
+    """Conda env (`--sdm conda`) of the rules that run the model: envs/torch.yaml or
+    envs/tensorflow.yaml, as the model's backend needs (relative to workflow/rules/)."""
+    from histoatlas.models.loading import model_backend
+
+    if config["model"] == DEMO_MODEL:  # built by train_demo_model, maybe not yet
+        return demo_model_env(wildcards)
+    return f"../../envs/{model_backend(config['model'])}.yaml"
+
+
+def demo_model_env(wildcards):
+    """Conda env of the demo model's framework (demo.backend), relative to workflow/rules/."""
+    return f"../../envs/{config['demo']['backend']}.yaml"
+
+
+def demo_weights():
+    """Weights file of the demo model directory for demo.backend (weights.pt, model.keras)."""
+    from histoatlas.demo.train import WEIGHTS
+
+    return WEIGHTS[config["demo"]["backend"]]
 
 
 def demo_slide_files(suffix=".tiff"):

@@ -33,13 +33,13 @@ rule train_demo_model:
         labels=demo_slide_files(".labels.png"),
     output:
         params=f"{DEMO_MODEL}/params.json",
-        weights=f"{DEMO_MODEL}/weights.pt",
+        weights=f"{DEMO_MODEL}/{demo_weights()}",
     log:
         "logs/demo/train_demo_model.log",
     benchmark:
         "logs/demo/train_demo_model.benchmark.tsv"
     conda:
-        "../../envs/torch.yaml"
+        demo_model_env
     threads: 2
     params:
         demo=lookup(dpath="demo", within=config),

@@ -1,4 +1,4 @@
-"""Train the demo CNN on the demo slides' labelled tiles and save it as a model directory."""
+"""Train the demo CNN (torch or Keras, per demo.backend) and save it as a model directory."""
 
 import sys
 from pathlib import Path
@@ -21,6 +21,7 @@ def main(smk) -> None:
         seed=int(demo.get("seed", 0)),
         max_seconds=float(demo.get("train_seconds", 60)),
         num_threads=smk.threads,
+        backend=demo.get("backend", "torch"),
         log=lambda line: print(line, file=sys.stderr),
     )
 

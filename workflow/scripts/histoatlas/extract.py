@@ -1,9 +1,13 @@
 """Extract one slide's per-tile activations into its HDF5 file (the extract rule's work).
 
-Tiles stream from :meth:`WSI.iter_batches` (reader threads, a bounded read-ahead) through
-a prefetching thread into the model, so reading, filtering and inference overlap. The
-file is written once, through :func:`~histoatlas.atomic.atomic_output`, when every tile
-is done: a failed or killed job leaves no file that looks finished.
+Tiles stream from :meth:`WSI.iter_batches` (a pool of reading workers) into the model.
+On an accelerator, reading, filtering and inference overlap: worker processes read ahead
+while the GPU runs. On the CPU the model's threads need every core, so reading takes turns
+with the model instead (all workers on the next batch, then the model on all cores): the
+throughput is then model cost / (model cost + read cost), the most a shared CPU gives
+(``benchmarks/README.md``). The file is written once, through
+:func:`~histoatlas.atomic.atomic_output`, when every tile is done: a failed or killed job
+leaves no file that looks finished.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ def extract_slide(
     batch_size: int | None = None,
     num_workers: int | None = None,
     device: str | None = None,
+    precision: str = "float32",
+    overlap: bool | None = None,
+    reader_processes: bool | None = None,
     allow_tile_px_mismatch: bool = False,
     trust_model_code: bool = False,
     log: TextIO | None = None,
@@ -71,9 +78,18 @@ def extract_slide(
     batch_size : int, optional
         Tiles per forward pass (default: see :class:`Features`).
     num_workers : int, optional
-        Slide-reading threads (default: see :meth:`WSI.iter_batches`).
+        Slide-reading workers (default: see :meth:`WSI.iter_batches`).
     device : str, optional
         Torch device; default CUDA, then MPS, then CPU.
+    precision : {"float32", "bfloat16", "float16"}
+        Compute precision of the forward pass (see :class:`Features`); activations
+        are stored as float32 and the file's ``precision`` attribute records it.
+    overlap : bool, optional
+        Read the next batches while the model runs. Default: on an accelerator yes;
+        on the CPU no (reading waits for the model, which keeps every core).
+    reader_processes : bool, optional
+        Read in worker processes rather than threads (see :meth:`WSI.iter_batches`).
+        Default: processes when the model runs on an accelerator, threads on the CPU.
     allow_tile_px_mismatch : bool
         Run even when ``tile_px`` differs from the model's ``tile_px``.
     trust_model_code : bool
@@ -138,7 +154,12 @@ def extract_slide(
             loaded = load_model(model, device=device, trust_model_code=trust_model_code)
         check_tile_px(loaded, tile_px, allow_mismatch=allow_tile_px_mismatch)
         features = Features(
-            loaded, layers, pooling=pooling, include_preds=include_preds, batch_size=batch_size
+            loaded,
+            layers,
+            pooling=pooling,
+            include_preds=include_preds,
+            batch_size=batch_size,
+            precision=precision,
         )
         features.probe(wsi.tile_px)
         _say(stream, f"{features!r}, {features.num_features} features per tile")
@@ -151,11 +172,22 @@ def extract_slide(
         chunks = []
         kept = 0
         t_loop = time.perf_counter()
-        batches = wsi.iter_batches(features.batch_size, num_workers=num_workers)
-        # closing: a failure stops the reader threads now, not when the traceback dies
+        on_cpu = loaded.device.startswith("cpu")
+        overlap = not on_cpu if overlap is None else bool(overlap)
+        batches = wsi.iter_batches(
+            features.batch_size,
+            num_workers=num_workers,
+            prefetch=1 if overlap else 0,
+            processes=not on_cpu if reader_processes is None else bool(reader_processes),
+        )
+        # closing: a failure stops the readers now, not when the traceback dies
         with (
-            cpu_threads_beside_readers(loaded.device, num_workers, backend=loaded.backend),
-            contextlib.closing(features.iter_features(batches)) as results,
+            cpu_threads_beside_readers(
+                loaded.device, num_workers if overlap else 0, backend=loaded.backend
+            ),
+            contextlib.closing(
+                features.iter_features(batches, prefetch_depth=2 if overlap else 0)
+            ) as results,
         ):
             for batch, feats, preds in results:
                 chunks.append((feats, preds, batch.coords, batch.grid))
@@ -192,6 +224,7 @@ def extract_slide(
             "model_sha256": loaded.sha256(),
             "class_names": loaded.class_names,
             "histoatlas_version": histoatlas.__version__,
+            "precision": features.precision,
             **{k: int(qc[k]) for k in QC_ATTRS},  # tile counts, for the cohort's qc table
         }
         write_slide_h5(
@@ -274,14 +307,16 @@ def _check_tile_px(path, params, params_path, tile_px: int, *, allow_mismatch: b
 def cpu_threads_beside_readers(
     device: str, num_workers: int | None, *, backend: str = "torch"
 ) -> Iterator[int]:
-    """Leave CPU cores to the slide readers while the model runs on the CPU.
+    """Leave CPU cores to the slide readers while the model runs on the CPU beside them.
 
     torch's intra-op threads default to every core; with reader threads beside them
     the cores are oversubscribed and both slow down (measured on 16 cores, demo CNN at
     224 px: 335 tiles/s with 16 torch threads and 4 readers, 649 with 12). Readers are
     given up to half the cores; the thread count is only ever lowered, and restored
-    afterwards. TensorFlow fixes its thread pools when it starts, so a Keras model
-    (``backend="tensorflow"``) is left as it is, and torch is not imported for it.
+    afterwards. ``num_workers=0`` (readers that do not run beside the model, as
+    ``extract_slide`` reads on the CPU) leaves every core to torch. TensorFlow fixes its
+    thread pools when it starts, so a Keras model (``backend="tensorflow"``) is left as it
+    is, and torch is not imported for it.
 
     Yields
     ------

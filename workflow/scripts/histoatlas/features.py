@@ -1,10 +1,12 @@
 """Per-tile activations of named layers, as slideflow's ``Features`` computes them.
 
-Forward hooks on the modules of ``dict(model.named_modules())`` collect each requested
-layer during one forward pass; outputs are pooled on the device and concatenated in the
-order the layers were given. Two names are special: ``postconv`` is the input of the
-final classifier (read with a forward *pre*-hook) and ``output`` the network's final
-output before softmax; they shadow modules of the same name.
+PyTorch: forward hooks on the modules of ``dict(model.named_modules())`` collect each
+requested layer during one forward pass. Keras: one sub-model whose outputs are the
+requested layers plus the final output, compiled with ``tf.function``. Either way outputs
+are pooled on the device and concatenated in the order the layers were given. Two names
+are special: ``postconv`` is the input of the final classifier (torch: read with a
+forward *pre*-hook; Keras: the input of the last ``Dense`` layer) and ``output`` the
+network's final output before the params' activation; they shadow layers of the same name.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ OUTPUT = "output"
 POOLINGS = ("avg", "max", None)
 BATCH_SIZE_ENV = "HISTOATLAS_BATCH_SIZE"
 _DEFAULT_BATCH = {"cuda": 128, "mps": 64, "cpu": 32}
+# Compute precisions of the torch forward pass; activations are stored as float32 anyway.
+PRECISIONS = ("float32", "bfloat16", "float16")
 _MAX_NAMES_SHOWN = 40
 
 
@@ -35,22 +39,30 @@ class Features:
     Parameters
     ----------
     model : str, PathLike or LoadedModel
-        A model path (see :func:`histoatlas.load_model`) or a loaded model.
+        A model path (see :func:`histoatlas.load_model`) or a loaded model, PyTorch or
+        Keras.
     layers : str or sequence of str
-        Layer names as ``dict(model.named_modules())`` gives them, plus ``postconv``
-        (input of the final classifier) and ``output`` (final output). Their pooled
-        activations are concatenated in this order.
+        Layer names as ``dict(model.named_modules())`` (torch) or the Keras layer names
+        give them, plus ``postconv`` (input of the final classifier) and ``output``
+        (final output). Their pooled activations are concatenated in this order.
     pooling : {"avg", "max", None}
-        How 4-D ``(B, C, H, W)`` maps are reduced over H, W, and 3-D ``(B, T, D)``
-        token outputs over T. None flattens instead.
+        How 4-D maps (torch ``(B, C, H, W)``, Keras ``(B, H, W, C)``) are reduced over
+        H, W, and 3-D ``(B, T, D)`` token outputs over T. None flattens instead, in the
+        framework's own order (C, H, W for torch; H, W, C for Keras).
     include_preds : bool
         Also return predictions: the final output through the params' ``output``
         activation (softmax, sigmoid or none).
     device : str, optional
-        Torch device; default CUDA, then MPS, then CPU. Moves a given LoadedModel.
+        Device; default CUDA, then MPS (torch only), then CPU. Moves a given LoadedModel.
     batch_size : int, optional
         Tiles per forward pass; default from the environment variable
         ``HISTOATLAS_BATCH_SIZE``, else 128 on CUDA, 64 on MPS, 32 on CPU.
+    precision : {"float32", "bfloat16", "float16"}
+        Compute precision of a torch model's forward pass: ``bfloat16`` and
+        ``float16`` run it under ``torch.autocast`` (CUDA, or bfloat16 on a CPU with
+        AVX-512 BF16 / AMX), about twice as fast, with activations that differ from
+        float32 in the third significant digit (``benchmarks/README.md``). Activations
+        are pooled and returned as float32 whatever the precision.
 
     Attributes
     ----------
@@ -67,9 +79,10 @@ class Features:
     ------
     LayerError
         If a layer is not in the model (the message lists the valid names), or the
-        model is TorchScript and a layer other than ``output`` is asked for.
+        model is TorchScript (or a subclassed Keras model) and a layer other than
+        ``output`` is asked for.
     ModelError
-        If the model is not a PyTorch model.
+        If the model cannot be loaded.
     ConfigError
         If ``pooling`` or the batch size is invalid.
 
@@ -89,16 +102,15 @@ class Features:
         include_preds: bool = True,
         device: str | None = None,
         batch_size: int | None = None,
+        precision: str = "float32",
     ) -> None:
         from histoatlas.models import LoadedModel, load_model
 
         loaded = isinstance(model, LoadedModel)
         if not loaded:
             model = load_model(model, device=device)
-        if model.backend != "torch":
-            raise ModelError(
-                f"Features runs PyTorch models; {model.path} is a {model.backend} model"
-            )
+        if model.backend not in ("torch", "tensorflow"):
+            raise ModelError(f"{model.path}: unknown model backend {model.backend!r}")
         if loaded and device is not None:
             model.to(device)
         self.model = model
@@ -106,7 +118,14 @@ class Features:
         self.pooling = _check_pooling(pooling)
         self.include_preds = bool(include_preds)
         self.batch_size = resolve_batch_size(batch_size, self.model.device)
+        self.precision = _check_precision(precision, self.model)
         self._targets = [self._resolve(layer) for layer in self.layers]
+        if self.model.backend == "torch" and self.model.device.startswith("cuda"):
+            import torch
+
+            # tiles arrive channels-last (uint8 NHWC); keeping the weights so too lets
+            # cuDNN run its NHWC kernels without converting every layer
+            self.model.model.to(memory_format=torch.channels_last)
         self._widths: list[int] | None = None
         self._num_classes: int | None = None
 
@@ -114,7 +133,8 @@ class Features:
         return (
             f"Features(model={str(self.model.path)!r}, layers={self.layers}, "
             f"pooling={self.pooling!r}, include_preds={self.include_preds}, "
-            f"device={self.model.device!r}, batch_size={self.batch_size})"
+            f"device={self.model.device!r}, batch_size={self.batch_size}, "
+            f"precision={self.precision!r})"
         )
 
     # -- sizes ------------------------------------------------------------------------
@@ -161,9 +181,10 @@ class Features:
 
         Parameters
         ----------
-        obj : ndarray, torch.Tensor or WSI
-            uint8 ``(B, H, W, 3)`` tiles (numpy or torch); a float torch tensor
-            ``(B, 3, H, W)`` is taken as already preprocessed. Or a :class:`WSI`.
+        obj : ndarray, torch.Tensor, tf.Tensor or WSI
+            uint8 ``(B, H, W, 3)`` tiles; a float batch is taken as already
+            preprocessed: a torch tensor ``(B, 3, H, W)`` for a torch model, an array
+            or tf tensor ``(B, H, W, 3)`` for a Keras model. Or a :class:`WSI`.
         num_workers : int, optional
             Reader threads, for a WSI.
 
@@ -191,9 +212,9 @@ class Features:
         feats, preds = [], []
         for start in range(0, n, self.batch_size):
             f, p = self._forward(self.model.to_tensor(tiles[start : start + self.batch_size]))
-            feats.append(f.cpu().numpy())
+            feats.append(_host(f))
             if p is not None:
-                preds.append(p.cpu().numpy())
+                preds.append(_host(p))
         return np.concatenate(feats), (np.concatenate(preds) if preds else None)
 
     def iter_features(
@@ -213,10 +234,55 @@ class Features:
         batch, features, predictions
             The batch, its ``(B, F)`` activations and ``(B, C)`` predictions (None
             without ``include_preds``).
+
+        Notes
+        -----
+        On CUDA the background thread also copies each batch into pinned host memory,
+        and the next batch's forward pass is queued on the GPU before the previous
+        batch's results are fetched, so the GPU does not wait on the host between
+        batches. ``prefetch_depth=0`` reads in the calling thread, between forward
+        passes: what a model on the CPU wants, as reading would slow it down otherwise.
         """
-        for batch in prefetch(batches, prefetch_depth):
-            feats, preds = self.run_tiles(batch.tiles)
-            yield batch, feats, preds
+        if self.model.backend != "torch" or not self.model.device.startswith("cuda"):
+            for batch in prefetch(batches, prefetch_depth):
+                feats, preds = self.run_tiles(batch.tiles)
+                yield batch, feats, preds
+            return
+        queued = None  # (batch, fetch) of the batch whose results are not fetched yet
+        for batch, tiles in prefetch(_pinned(batches), max(1, prefetch_depth)):
+            launched = batch, self._launch(tiles)
+            if queued is not None:
+                yield queued[0], *queued[1]()
+            queued = launched
+        if queued is not None:
+            yield queued[0], *queued[1]()
+
+    def _launch(self, tiles):
+        """Queue a batch's forward passes on the GPU; return ``fetch() -> (feats, preds)``.
+
+        The results are copied to pinned host memory asynchronously; ``fetch`` waits
+        for that copy only.
+        """
+        import torch
+
+        if len(tiles) == 0:
+            return lambda: self.run_tiles(np.asarray(tiles))
+        outputs = []
+        for start in range(0, len(tiles), self.batch_size):
+            f, p = self._forward(self.model.to_tensor(tiles[start : start + self.batch_size]))
+            f = f.to("cpu", non_blocking=True)
+            outputs.append((f, None if p is None else p.to("cpu", non_blocking=True)))
+        done = torch.cuda.Event()
+        done.record()
+
+        def fetch() -> tuple[np.ndarray, np.ndarray | None]:
+            done.synchronize()
+            feats = np.concatenate([f.numpy() for f, _ in outputs])
+            if not self.include_preds:
+                return feats, None
+            return feats, np.concatenate([p.numpy() for _, p in outputs])
+
+        return fetch
 
     def _slide_grid(self, wsi, *, num_workers: int | None):
         n_x, n_y = wsi.grid_shape
@@ -236,6 +302,8 @@ class Features:
 
     def _forward(self, x):
         """One forward pass with hooks; returns pooled features and predictions on device."""
+        if self.model.backend == "tensorflow":
+            return self._forward_keras(x)
         import torch
 
         store: dict[str, object] = {}
@@ -246,8 +314,12 @@ class Features:
                 handles.append(module.register_forward_pre_hook(_pre_hook(hook)))
             elif how == "forward":
                 handles.append(module.register_forward_hook(_forward_hook(hook)))
+        autocast = contextlib.nullcontext()
+        if self.precision != "float32":
+            device_type = self.model.device.split(":")[0]
+            autocast = torch.autocast(device_type, dtype=getattr(torch, self.precision))
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast:
                 out = _first_tensor(self.model.model(x))
                 parts = []
                 for layer, _, how in self._targets:
@@ -271,10 +343,29 @@ class Features:
             self._num_classes = int(flat.shape[1])
         return feats, preds
 
+    def _forward_keras(self, x):
+        """One run of the Keras sub-model; returns pooled features and predictions (numpy)."""
+        fn = self.model.feature_function(self.layers, pooling=self.pooling)
+        parts, flat = fn(x)
+        parts = [p.numpy() for p in parts]
+        flat = flat.numpy()
+        if self._widths is None:
+            self._widths = [int(p.shape[1]) for p in parts]
+            self._num_classes = int(flat.shape[1])
+        feats = np.concatenate(parts, axis=1)
+        preds = _activate_numpy(flat, self.model.params.output) if self.include_preds else None
+        return feats, preds
+
     def _resolve(self, layer: str):
-        """(layer, module, how): how is 'forward', 'pre' (postconv) or 'output'."""
+        """(layer, module, how): how is 'forward', 'pre' (postconv) or 'output'.
+
+        For a Keras model, (layer, symbolic tensor, 'keras'): checked here, built into
+        the sub-model on the first forward pass.
+        """
         if layer == OUTPUT:
             return layer, None, OUTPUT
+        if self.model.backend == "tensorflow":
+            return layer, self.model.layer_output(layer), "keras"
         if not self.model.supports_layers:
             raise LayerError(
                 f"layer {layer!r}: {self.model.path} is a TorchScript model, which gives its "
@@ -338,13 +429,14 @@ def pool(t, pooling: str | None):
     """Reduce one layer's output to ``(B, n)`` float32 on its device.
 
     4-D maps ``(B, C, H, W)`` are averaged or maxed over H, W; 3-D token outputs
-    ``(B, T, D)`` over T; None flattens. 2-D outputs pass through.
+    ``(B, T, D)`` over T; None flattens. 2-D outputs pass through. Half-precision
+    outputs (autocast) are pooled in float32.
     """
-    t = _first_tensor(t)
+    t = _first_tensor(t).float()
     if t.ndim in (3, 4) and pooling is not None:
         dims = (2, 3) if t.ndim == 4 else (1,)
         t = t.mean(dim=dims) if pooling == "avg" else t.amax(dim=dims)
-    return t.reshape(t.shape[0], -1).float()
+    return t.reshape(t.shape[0], -1)
 
 
 def resolve_batch_size(batch_size: int | None, device: str) -> int:
@@ -417,6 +509,45 @@ def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
         thread.join(timeout=60)
 
 
+def _check_precision(precision: str, model) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "float32":
+        return precision
+    device = model.device.split(":")[0]
+    if model.backend != "torch" or device not in ("cuda", "cpu"):
+        raise ConfigError(
+            f"precision {precision!r} needs a torch model on CUDA or the CPU; {model.path} is "
+            f"a {model.backend} model on {model.device}: use precision 'float32'"
+        )
+    if device == "cpu" and precision == "float16":
+        raise ConfigError(
+            "precision 'float16' is for CUDA; on the CPU use 'bfloat16' (fast on CPUs with "
+            "AVX-512 BF16 or AMX) or 'float32'"
+        )
+    return precision
+
+
+def _pinned(batches: Iterable) -> Iterator:
+    """(batch, its tiles as a pinned uint8 tensor), for an asynchronous copy to the GPU.
+
+    Closes ``batches`` when it stops, so the slide readers shut down with it.
+    """
+    import torch
+
+    iterator = iter(batches)
+    try:
+        for batch in iterator:
+            tiles = batch.tiles
+            if isinstance(tiles, np.ndarray):
+                tiles = torch.from_numpy(np.ascontiguousarray(tiles)).pin_memory()
+            yield batch, tiles
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
 def _layer_list(layers: str | Sequence[str]) -> list[str]:
     layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
@@ -453,6 +584,22 @@ def _forward_hook(keep):
 
 def _pre_hook(keep):
     return lambda module, args: keep(args[0])
+
+
+def _host(array) -> np.ndarray:
+    """A device array (torch tensor or numpy) as a numpy array on the host."""
+    return array if isinstance(array, np.ndarray) else array.cpu().numpy()
+
+
+def _activate_numpy(out: np.ndarray, output: str) -> np.ndarray:
+    """Softmax / sigmoid / identity over ``(B, C)`` float32, computed in float64."""
+    x = out.astype(np.float64)
+    if output == "softmax":
+        x = np.exp(x - x.max(axis=1, keepdims=True))
+        x /= x.sum(axis=1, keepdims=True)
+    elif output == "sigmoid":
+        x = 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
+    return x.astype(np.float32)
 
 
 def _activate(out, output: str):

@@ -9,6 +9,7 @@ set to centimetres.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -77,3 +78,98 @@ def write_pyramid_tiff(
                 **extra,
             )
             level = downsample2(level)
+
+
+def write_pyramid_tiff_tiles(
+    path: str | os.PathLike,
+    size: tuple[int, int],
+    region: Callable[[int, int, int, int, int], np.ndarray],
+    mpp: float | None,
+    *,
+    n_levels: int = 3,
+    tile: int = 256,
+    quality: int = 90,
+    maxworkers: int | None = None,
+) -> None:
+    """Write a pyramidal TIFF tile by tile, in memory bounded by a few tiles.
+
+    The sibling of :func:`write_pyramid_tiff` for slides too large to hold in memory
+    (a 40,000 px square RGB slide is 4.8 GB): ``region`` hands out the pixels of each
+    tile of each level when tifffile asks for it, and the JPEG encoding runs in
+    tifffile's threads.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Output ``.tiff`` path (BigTIFF when level 0 exceeds 2 GiB of pixels).
+    size : (int, int)
+        Level-0 ``(width, height)``.
+    region : callable
+        ``region(level, x, y, w, h)`` returns the ``(h, w, 3)`` uint8 pixels of
+        ``level`` (``2**level`` times smaller than level 0) whose top-left corner is
+        ``(x, y)`` in that level's pixels. The caller keeps the levels consistent
+        (e.g. with :func:`downsample2`).
+    mpp : float or None
+        Microns per pixel at level 0; ``None`` writes no resolution tags.
+    n_levels : int
+        Pyramid levels; levels smaller than one tile are not written.
+    tile : int
+        Tile edge in pixels (a multiple of 16).
+    quality : int
+        JPEG quality.
+    maxworkers : int, optional
+        Threads encoding JPEG tiles (tifffile's default: the CPU count).
+
+    Raises
+    ------
+    ValueError
+        If ``region`` returns anything but ``(h, w, 3)`` uint8.
+
+    Examples
+    --------
+    >>> grey = lambda level, x, y, w, h: np.full((h, w, 3), 200, np.uint8)
+    >>> write_pyramid_tiff_tiles("big.tiff", (40_000, 40_000), grey, 0.5)  # doctest: +SKIP
+    """
+    import tifffile
+
+    width, height = (int(v) for v in size)
+    with tifffile.TiffWriter(path, bigtiff=width * height * 3 > 2**31) as tif:
+        for level in range(n_levels):
+            w, h = max(1, width >> level), max(1, height >> level)
+            if level and min(w, h) < tile:
+                break
+            extra = {}
+            if mpp is not None:
+                px_per_cm = 1e4 / (mpp * 2**level)
+                extra = {"resolution": (px_per_cm, px_per_cm), "resolutionunit": "CENTIMETER"}
+            tif.write(
+                _level_tiles(region, level, w, h, tile),
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                compression="jpeg",
+                compressionargs={"level": quality},
+                subfiletype=1 if level else 0,
+                metadata=None,
+                maxworkers=maxworkers,
+                **extra,
+            )
+
+
+def _level_tiles(region, level: int, width: int, height: int, tile: int) -> Iterator[np.ndarray]:
+    """The tiles of one level, row by row, edge tiles padded to full size."""
+    for y in range(0, height, tile):
+        for x in range(0, width, tile):
+            w, h = min(tile, width - x), min(tile, height - y)
+            pixels = np.asarray(region(level, x, y, w, h))
+            if pixels.shape != (h, w, 3) or pixels.dtype != np.uint8:
+                raise ValueError(
+                    f"region(level={level}, x={x}, y={y}, w={w}, h={h}) returned "
+                    f"{pixels.shape} {pixels.dtype}; expected ({h}, {w}, 3) uint8"
+                )
+            if (h, w) != (tile, tile):
+                padded = np.zeros((tile, tile, 3), np.uint8)
+                padded[:h, :w] = pixels
+                pixels = padded
+            yield pixels

@@ -14,7 +14,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,6 +32,8 @@ LEVEL_TOLERANCE = 0.01
 THUMBNAIL_STRIP_BYTES = 64 * 2**20
 # Decoded-tile cache shared by the reading threads of one iter_batches call.
 TILE_CACHE_BYTES = 128 * 2**20
+# Most tiles one reading task reads (and filters) at a time.
+READ_CHUNK = 16
 
 
 class TileBatch(NamedTuple):
@@ -432,8 +434,9 @@ class WSI:
                 f"slide {self.name!r}: cannot read level-0 {what} at level {level} "
                 f"from {self.path} ({err}); the file is corrupt or truncated"
             ) from err
-        # Pixels outside the scanned area are transparent (alpha 0, RGB 0).
-        if region.getextrema()[3][0] < 255:
+        # Pixels outside the scanned area are transparent (alpha 0, RGB 0). (The alpha
+        # band alone: getextrema() of all four bands costs three times as much.)
+        if region.getchannel("A").getextrema()[0] < 255:
             canvas = Image.new("RGBA", region.size, (*self._background, 255))
             region = Image.alpha_composite(canvas, region)
         return region.convert("RGB")
@@ -461,23 +464,36 @@ class WSI:
         )
 
     def iter_batches(
-        self, batch_size: int, *, num_workers: int | None = None
+        self,
+        batch_size: int,
+        *,
+        num_workers: int | None = None,
+        prefetch: int = 1,
+        processes: bool = False,
     ) -> Iterator[TileBatch]:
         """Read the kept tiles (candidates passing the filters) in batches.
 
-        Tiles are read in candidate order by a pool of threads, each with its own
-        OpenSlide handle (OpenSlide releases the GIL while decoding), at most two
-        batches ahead of the consumer. Every batch holds ``batch_size`` tiles except
-        the last; a slide with no kept tiles yields nothing. When the iterator is
-        exhausted, :attr:`qc` holds the tile counts.
+        Candidates are cut into chunks of consecutive tiles; a pool of workers, each
+        with its own OpenSlide handle, reads, decodes and filters whole chunks, and the
+        kept tiles come out in candidate order. Every batch holds ``batch_size`` tiles
+        except the last; a slide with no kept tiles yields nothing. When the iterator
+        is exhausted, :attr:`qc` holds the tile counts.
 
         Parameters
         ----------
         batch_size : int
             Tiles per batch.
         num_workers : int, optional
-            Reading threads; default ``min(4, os.cpu_count())``. 0 reads in the
+            Reading workers; default ``min(4, os.cpu_count())``. 0 reads in the
             calling thread.
+        prefetch : int
+            Batches read ahead while the consumer works on the current one. 0 reads a
+            batch only when it is asked for, with every worker on it: right when the
+            consumer (a model on the CPU) needs the same cores as the readers.
+        processes : bool
+            Workers are processes instead of threads. Threads share one decoded-tile
+            cache but contend for Python's GIL; processes scale with the cores (for a
+            GPU that outruns the threads) at the cost of copying the tiles back.
 
         Yields
         ------
@@ -497,79 +513,79 @@ class WSI:
         batch_size = _positive_int("batch_size", batch_size)
         if num_workers is None:
             num_workers = min(4, os.cpu_count() or 1)
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ConfigError(f"num_workers={num_workers!r} must be an integer >= 0")
-        return self._iter_batches(batch_size, num_workers)
+        for name, value in (("num_workers", num_workers), ("prefetch", prefetch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name}={value!r} must be an integer >= 0")
+        return self._iter_batches(batch_size, num_workers, prefetch, bool(processes))
 
-    def _iter_batches(self, batch_size: int, num_workers: int) -> Iterator[TileBatch]:
+    def _iter_batches(
+        self, batch_size: int, num_workers: int, prefetch: int, processes: bool
+    ) -> Iterator[TileBatch]:
         self.qc = None
         grid = self.candidates
         coords = self.coords_of(grid)
-        kept: list[tuple[np.ndarray, np.ndarray]] = []  # (tiles, candidate rows)
-        n_pending = n_kept = 0
-        for start, tiles in self._read_chunks(coords, batch_size, num_workers):
-            keep = self._filter(tiles)
-            kept.append((tiles[keep], start + np.flatnonzero(keep)))
-            n_pending += int(keep.sum())
-            n_kept += int(keep.sum())
-            while n_pending >= batch_size or (n_pending and start + len(tiles) == len(grid)):
-                tiles_out, rows = (np.concatenate(parts) for parts in zip(*kept, strict=True))
-                take = min(batch_size, n_pending)
-                kept = [(tiles_out[take:], rows[take:])]
-                n_pending -= take
-                yield TileBatch(tiles_out[:take], grid[rows[:take]], coords[rows[:take]])
-        n_grid = self.grid_shape[0] * self.grid_shape[1]
+        n = len(grid)
+        # chunks small enough that one batch keeps every worker busy
+        chunk = max(1, min(READ_CHUNK, -(-batch_size // max(1, num_workers))))
+        # in flight: what the current batch still lacks, plus `prefetch` batches
+        ahead = (prefetch + 1) * batch_size
+        pending: deque = deque()  # (first row, chunk length, ticket)
+        submitted = in_flight = n_kept = filled = 0
+        out, out_rows = self._empty_batch(batch_size), np.empty(batch_size, np.int64)
+        with _ChunkReader(self, num_workers, processes, chunk, ahead // chunk + 2) as reader:
+            while True:
+                while submitted < n and in_flight < ahead - filled and reader.has_room():
+                    stop = min(n, submitted + chunk)
+                    pending.append(
+                        (submitted, stop - submitted, reader.submit(coords[submitted:stop]))
+                    )
+                    in_flight += stop - submitted
+                    submitted = stop
+                if not pending:
+                    break
+                start, size, ticket = pending.popleft()
+                tiles, keep = reader.result(ticket)
+                in_flight -= size
+                rows = start + np.flatnonzero(keep)
+                n_kept += len(rows)
+                pos = 0
+                while pos < len(rows):  # copy into the batch under way, yield when full
+                    take = min(batch_size - filled, len(rows) - pos)
+                    out[filled : filled + take] = tiles[pos : pos + take]
+                    out_rows[filled : filled + take] = rows[pos : pos + take]
+                    filled += take
+                    pos += take
+                    if filled == batch_size:
+                        yield TileBatch(out, grid[out_rows], coords[out_rows])
+                        out, filled = self._empty_batch(batch_size), 0
+            if filled:
+                rows = out_rows[:filled]
+                yield TileBatch(out[:filled], grid[rows], coords[rows])
         self.qc = {
-            "n_grid": n_grid,
-            "n_candidates": len(grid),
+            "n_grid": self.grid_shape[0] * self.grid_shape[1],
+            "n_candidates": n,
             "n_kept": n_kept,
-            "n_filtered": len(grid) - n_kept,
+            "n_filtered": n - n_kept,
         }
 
-    def _read_chunks(
-        self, coords: np.ndarray, chunk: int, num_workers: int
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (first row, tiles (b, px, px, 3)) for consecutive chunks of ``coords``."""
-        n = len(coords)
-        if num_workers <= 0:
-            for start in range(0, n, chunk):
-                rows = coords[start : start + chunk]
-                yield start, np.stack([self._read(self._slide, x, y) for x, y in rows])
-            return
+    def _empty_batch(self, size: int) -> np.ndarray:
+        return np.empty((size, self.tile_px, self.tile_px, 3), np.uint8)
 
-        import openslide
+    def _read_chunk(self, slide, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Read and filter consecutive tiles: (kept tiles, keep mask over ``coords``)."""
+        tiles = np.stack([self._read(slide, int(x), int(y)) for x, y in coords])
+        keep = self._filter(tiles)
+        return (tiles if keep.all() else tiles[keep]), keep
 
-        local = threading.local()
-        handles = []
-        lock = threading.Lock()
-        # One decoded-tile cache for all handles: neighbouring tiles read by different
-        # threads share the slide's JPEG tiles, which would otherwise be decoded twice.
-        cache = openslide.OpenSlideCache(TILE_CACHE_BYTES)
+    def __getstate__(self) -> dict:
+        """Pickle without the OpenSlide handle; unpickling opens a new one."""
+        state = dict(self.__dict__)
+        del state["_slide"]
+        return state
 
-        def read(k: int) -> np.ndarray:
-            slide = getattr(local, "slide", None)
-            if slide is None:
-                slide = local.slide = self._open()
-                slide.set_cache(cache)
-                with lock:
-                    handles.append(slide)
-            return self._read(slide, int(coords[k, 0]), int(coords[k, 1]))
-
-        pool = ThreadPoolExecutor(num_workers, thread_name_prefix=f"wsi-{self.name}")
-        pending: deque[Future[np.ndarray]] = deque()
-        ahead = 2 * max(chunk, num_workers)  # bounded prefetch
-        submitted = 0
-        try:
-            for start in range(0, n, chunk):
-                stop = min(start + chunk, n)
-                while submitted < min(n, start + ahead):
-                    pending.append(pool.submit(read, submitted))
-                    submitted += 1
-                yield start, np.stack([pending.popleft().result() for _ in range(start, stop)])
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            for slide in handles:
-                slide.close()
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._slide = self._open()
 
     def _read_downscaled(self, downsample: float) -> tuple[np.ndarray, tuple[float, float]]:
         """The whole slide at about ``downsample``, read in strips of bounded memory.
@@ -613,6 +629,132 @@ class WSI:
         """
         downsample = max(1.0, max(self.dimensions) / _positive_int("max_px", max_px))
         return self._read_downscaled(downsample)[0]
+
+
+class _ChunkReader:
+    """Reads chunks of tiles (``WSI._read_chunk``) in worker threads or processes.
+
+    ``submit(coords)`` starts a chunk and returns a ticket; ``result(ticket)`` waits for
+    it and returns ``(kept tiles, keep mask)``, tickets in submission order. Threads
+    each hold an OpenSlide handle and share one decoded-tile cache. Processes (forked:
+    fast to start, nothing re-imported) each open their own handle and write the kept
+    tiles into one of ``slots`` chunk-sized slots of memory shared with this process,
+    so only the keep mask travels through a pipe; the tiles returned are a view of the
+    slot, valid until the next ``submit`` or ``result``.
+    """
+
+    def __init__(self, wsi: WSI, num_workers: int, processes: bool, chunk: int, slots: int):
+        import multiprocessing
+
+        self.wsi = wsi
+        self.num_workers = num_workers
+        self.processes = processes and num_workers > 0
+        if self.processes and "fork" not in multiprocessing.get_all_start_methods():
+            self.processes = False  # spawned workers would re-import everything: use threads
+        self.chunk, self.n_slots = chunk, slots
+        self._pool: Any = None
+        self._handles: list[Any] = []
+        self._free: deque[int] = deque()
+        self._used: int | None = None
+
+    def __enter__(self) -> _ChunkReader:
+        if self.num_workers <= 0:
+            return self
+        if self.processes:
+            import mmap
+            import multiprocessing
+            import pickle
+
+            px = self.wsi.tile_px
+            self._buffer = mmap.mmap(-1, self.n_slots * self.chunk * px * px * 3)  # shared
+            self._slots = np.frombuffer(self._buffer, np.uint8).reshape(
+                self.n_slots, self.chunk, px, px, 3
+            )
+            self._free.extend(range(self.n_slots))
+            self._pool = ProcessPoolExecutor(
+                self.num_workers,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_init_process_reader,
+                initargs=(pickle.dumps(self.wsi), self._slots),
+            )
+            return self
+
+        import openslide
+
+        local = threading.local()
+        lock = threading.Lock()
+        # One decoded-tile cache for all handles: neighbouring tiles read by different
+        # threads share the slide's JPEG tiles, which would otherwise be decoded twice.
+        cache = openslide.OpenSlideCache(TILE_CACHE_BYTES)
+
+        def read(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            slide = getattr(local, "slide", None)
+            if slide is None:
+                slide = local.slide = self.wsi._open()
+                slide.set_cache(cache)
+                with lock:
+                    self._handles.append(slide)
+            return self.wsi._read_chunk(slide, coords)
+
+        self._read = read
+        self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix=f"wsi-{self.wsi.name}")
+        return self
+
+    def has_room(self) -> bool:
+        """Whether another chunk can be submitted (processes: a slot is free)."""
+        self._release()
+        return not self.processes or bool(self._free)
+
+    def submit(self, coords: np.ndarray) -> Any:
+        self._release()
+        if self._pool is None:
+            return coords  # read in result(), in the calling thread
+        if self.processes:
+            slot = self._free.popleft()
+            return slot, self._pool.submit(_read_chunk_in_process, slot, coords)
+        return self._pool.submit(self._read, coords)
+
+    def result(self, ticket: Any) -> tuple[np.ndarray, np.ndarray]:
+        self._release()
+        if self._pool is None:
+            return self.wsi._read_chunk(self.wsi._slide, ticket)
+        if self.processes:
+            slot, future = ticket
+            keep = future.result()
+            self._used = slot
+            return self._slots[slot, : int(keep.sum())], keep
+        return ticket.result()
+
+    def _release(self) -> None:
+        if self._used is not None:
+            self._free.append(self._used)
+            self._used = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for slide in self._handles:
+            slide.close()
+        # the shared slots go with their last view (an mmap cannot close under one)
+
+
+# The slide and shared slots of a reading process (see _ChunkReader), set when it starts.
+_PROCESS_WSI: WSI | None = None
+_PROCESS_SLOTS: np.ndarray | None = None
+
+
+def _init_process_reader(pickled_wsi: bytes, slots: np.ndarray) -> None:
+    import pickle
+
+    global _PROCESS_WSI, _PROCESS_SLOTS
+    _PROCESS_WSI = pickle.loads(pickled_wsi)  # opens this process's own handle
+    _PROCESS_SLOTS = slots
+
+
+def _read_chunk_in_process(slot: int, coords: np.ndarray) -> np.ndarray:
+    tiles, keep = _PROCESS_WSI._read_chunk(_PROCESS_WSI._slide, coords)
+    _PROCESS_SLOTS[slot, : len(tiles)] = tiles
+    return keep
 
 
 def _resolve_path(path: str | os.PathLike, name: str | None) -> tuple[Path, str]:

@@ -4,8 +4,9 @@ Tiles come from :class:`histoatlas.WSI` exactly as feature extraction will read 
 (same tiling, same tissue filters); each kept tile takes the majority class of the
 ground-truth map under it. Training is seeded and deterministic on a given machine
 (fixed split, data order and augmentations) unless ``max_seconds`` cuts it short.
-The model directory (``params.json``, ``weights.pt``, ``training.json``) appears
-only when complete.
+The model directory (``params.json``, the weights, ``training.json``) appears only when
+complete. ``backend="tensorflow"`` trains the same network in Keras 3 instead
+(:mod:`histoatlas.demo.train_keras`) and saves it as ``model.keras``.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from histoatlas.demo.slides import read_label_map
-from histoatlas.errors import EmptyDatasetError, SheetError
+from histoatlas.errors import ConfigError, EmptyDatasetError, SheetError
 
 # A tile is labelled only if at least this fraction of it is tissue in the class map.
 MIN_TISSUE = 0.5
+BACKENDS = ("torch", "tensorflow")
+# the weights file of the model directory, per backend (the demo rule's output names it)
+WEIGHTS = {"torch": "weights.pt", "tensorflow": "model.keras"}
 
 
 def collect_labelled_tiles(
@@ -197,6 +202,7 @@ def train_demo_model(
     val_fraction: float = 0.2,
     width: int = 16,
     num_threads: int | None = None,
+    backend: str = "torch",
     log: Callable[[str], object] | None = None,
 ) -> dict:
     """Train :func:`histoatlas.models.architectures.demo_cnn` on the demo slides.
@@ -211,8 +217,9 @@ def train_demo_model(
     slide_paths, label_paths : sequence of path
         Demo slides and their class maps, in the same order.
     out_dir : str or PathLike
-        Model directory to write: ``params.json`` (:class:`ModelParams`), ``weights.pt``
-        (a plain state dict) and ``training.json`` (metrics, and the held-out tiles as
+        Model directory to write: ``params.json`` (:class:`ModelParams`), the weights
+        (torch: ``weights.pt``, a plain state dict; tensorflow: ``model.keras``, the whole
+        Keras 3 model) and ``training.json`` (metrics, and the held-out tiles as
         ``[slide path, x, y, label]``). Replaced as a whole, only when complete.
     class_names : sequence of str
         Class names, in label order (as stored in the class maps).
@@ -235,7 +242,10 @@ def train_demo_model(
     width : int
         ``width`` of :func:`demo_cnn`.
     num_threads : int, optional
-        Torch intra-op threads; default: all cores (``os.cpu_count()``).
+        Intra-op threads of the framework; default: all cores (``os.cpu_count()``).
+    backend : {"torch", "tensorflow"}
+        Train the torch ``demo_cnn`` or the same network in Keras 3
+        (:func:`histoatlas.models.keras_architectures.demo_cnn_keras`).
     log : callable, optional
         Called with progress lines (e.g. ``print``).
 
@@ -244,7 +254,7 @@ def train_demo_model(
     dict
         ``train_accuracy``, ``val_accuracy`` (final weights, no augmentation),
         ``n_tiles``, ``n_train``, ``n_val``, ``class_counts``, ``epochs`` (completed,
-        fractional if stopped mid-epoch), ``seconds`` (training time).
+        fractional if stopped mid-epoch), ``seconds`` (training time), ``backend``.
 
     Raises
     ------
@@ -252,6 +262,8 @@ def train_demo_model(
         If fewer than two classes have tiles.
     SheetError
         If the class maps do not match ``class_names``.
+    ConfigError
+        If ``backend`` is neither ``torch`` nor ``tensorflow``.
 
     Examples
     --------
@@ -261,13 +273,11 @@ def train_demo_model(
     ... )
     {'train_accuracy': 0.97, 'val_accuracy': 0.95, 'n_tiles': 160, ...}
     """
-    import torch
-
-    from histoatlas.models.architectures import demo_cnn
     from histoatlas.models.params import ModelParams
 
+    if backend not in BACKENDS:
+        raise ConfigError(f"demo backend {backend!r} is not one of {', '.join(BACKENDS)}")
     say = log if log is not None else (lambda _line: None)
-    torch.set_num_threads(num_threads or os.cpu_count() or 1)
     class_names = tuple(class_names)
     data = collect_labelled_tiles(
         slide_paths, label_paths, class_names=class_names, tile_px=tile_px, tile_um=tile_um
@@ -287,8 +297,113 @@ def train_demo_model(
     train, val = split_indices(labels, val_fraction=val_fraction, seed=seed)
     mean, std = _channel_stats(tiles[train])
 
+    if backend == "tensorflow":
+        from histoatlas.demo.train_keras import fit_keras as fit
+    else:
+        fit = _fit_torch
+    fitted = fit(
+        tiles,
+        labels,
+        train,
+        mean=mean,
+        std=std,
+        n_classes=len(class_names),
+        width=width,
+        epochs=epochs,
+        seed=seed,
+        max_seconds=max_seconds,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        num_threads=num_threads or os.cpu_count() or 1,
+        say=say,
+    )
+
+    train_acc = _accuracy(fitted.predict, tiles[train], labels[train])
+    val_acc = _accuracy(fitted.predict, tiles[val], labels[val])
+    result = {
+        "train_accuracy": train_acc,
+        "val_accuracy": val_acc,
+        "n_tiles": int(len(labels)),
+        "n_train": int(len(train)),
+        "n_val": int(len(val)),
+        "class_counts": dict(zip(class_names, counts.tolist(), strict=True)),
+        "epochs": fitted.epochs,
+        "seconds": round(fitted.seconds, 2),
+        "backend": backend,
+    }
+    say(
+        f"accuracy: train {train_acc:.3f}, held-out {val_acc:.3f} on {len(val)} tiles "
+        f"(chance {1 / len(class_names):.3f}); {result['epochs']} epochs in "
+        f"{fitted.seconds:.1f} s"
+    )
+
+    params = ModelParams(
+        backend=backend,
+        architecture="demo_cnn",
+        weights=WEIGHTS[backend],
+        tile_px=int(tile_px),
+        tile_um=tile_um,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        class_names=class_names,
+        output="softmax",
+        architecture_kwargs={"num_classes": len(class_names), "width": int(width)},
+    )
+    held_out = [
+        [str(slide_paths[int(s)]), int(x), int(y), int(c)]
+        for s, (x, y), c in zip(data["slide"][val], data["coords"][val], labels[val], strict=True)
+    ]
+    _write_model_dir(Path(out_dir), fitted.save, params, {**result, "held_out": held_out})
+    return result
+
+
+class Fitted(NamedTuple):
+    """A trained demo network, as a backend's fit function hands it back.
+
+    Attributes
+    ----------
+    predict : callable
+        uint8 tiles ``(N, H, W, 3)`` -> predicted class ``(N,)`` int64 (eval mode).
+    save : callable
+        ``save(path)`` writes the weights file (``WEIGHTS[backend]``) at ``path``.
+    epochs : float
+        Epochs completed (fractional if the time budget cut one short).
+    seconds : float
+        Training time.
+    """
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    save: Callable[[Path], None]
+    epochs: float
+    seconds: float
+
+
+def _fit_torch(
+    tiles: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    *,
+    mean: np.ndarray,
+    std: np.ndarray,
+    n_classes: int,
+    width: int,
+    epochs: int,
+    seed: int,
+    max_seconds: float,
+    batch_size: int,
+    learning_rate: float,
+    num_threads: int,
+    say: Callable[[str], object],
+) -> Fitted:
+    """Train the torch ``demo_cnn`` on ``tiles[train]``."""
+    import torch
+
+    from histoatlas.models.architectures import demo_cnn
+
+    torch.set_num_threads(num_threads)
+    counts = np.bincount(labels, minlength=n_classes)
     torch.manual_seed(seed)
-    model = demo_cnn(num_classes=len(class_names), width=width)
+    model = demo_cnn(num_classes=n_classes, width=width)
     # channels-last convolutions run about twice as fast on CPU (measured here)
     model = model.to(memory_format=torch.channels_last)
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
@@ -327,42 +442,16 @@ def train_demo_model(
         if out_of_time:
             break
     seconds = time.monotonic() - start
+    model.eval()
 
-    train_acc = accuracy(model, tiles[train], labels[train], to_input)
-    val_acc = accuracy(model, tiles[val], labels[val], to_input)
-    result = {
-        "train_accuracy": train_acc,
-        "val_accuracy": val_acc,
-        "n_tiles": int(len(labels)),
-        "n_train": int(len(train)),
-        "n_val": int(len(val)),
-        "class_counts": dict(zip(class_names, counts.tolist(), strict=True)),
-        "epochs": round(steps_done / steps_per_epoch, 3),
-        "seconds": round(seconds, 2),
-    }
-    say(
-        f"accuracy: train {train_acc:.3f}, held-out {val_acc:.3f} on {len(val)} tiles "
-        f"(chance {1 / len(class_names):.3f}); {result['epochs']} epochs in {seconds:.1f} s"
-    )
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(to_input(batch)).argmax(1).numpy()
 
-    params = ModelParams(
-        backend="torch",
-        architecture="demo_cnn",
-        weights="weights.pt",
-        tile_px=int(tile_px),
-        tile_um=tile_um,
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
-        class_names=class_names,
-        output="softmax",
-        architecture_kwargs={"num_classes": len(class_names), "width": int(width)},
-    )
-    held_out = [
-        [str(slide_paths[int(s)]), int(x), int(y), int(c)]
-        for s, (x, y), c in zip(data["slide"][val], data["coords"][val], labels[val], strict=True)
-    ]
-    _write_model_dir(Path(out_dir), model, params, {**result, "held_out": held_out})
-    return result
+    def save(path: Path) -> None:
+        torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+
+    return Fitted(predict, save, round(steps_done / steps_per_epoch, 3), seconds)
 
 
 class _Preprocess:
@@ -401,14 +490,22 @@ def accuracy(
     """
     import torch
 
+    model.eval()
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(to_input(batch)).argmax(1).numpy()
+
+    return _accuracy(predict, tiles, labels, batch_size=batch_size)
+
+
+def _accuracy(predict, tiles: np.ndarray, labels: np.ndarray, *, batch_size: int = 64) -> float:
+    """Fraction of ``tiles`` whose predicted class equals ``labels``; NaN when empty."""
     if len(tiles) == 0:
         return float("nan")
-    model.eval()
     hits = 0
-    with torch.no_grad():
-        for b in range(0, len(tiles), batch_size):
-            pred = model(to_input(tiles[b : b + batch_size])).argmax(1).numpy()
-            hits += int((pred == labels[b : b + batch_size]).sum())
+    for b in range(0, len(tiles), batch_size):
+        hits += int((predict(tiles[b : b + batch_size]) == labels[b : b + batch_size]).sum())
     return hits / len(tiles)
 
 
@@ -428,16 +525,15 @@ def _augment(tiles: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _write_model_dir(out_dir: Path, model, params, training: dict) -> None:
+def _write_model_dir(
+    out_dir: Path, save_weights: Callable[[Path], None], params, training: dict
+) -> None:
     """Write the model directory beside its final name, then swap it in."""
-    import torch
-
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        torch.save(state, tmp / params.weights)
+        save_weights(tmp / params.weights)
         (tmp / "training.json").write_text(json.dumps(training, indent=1) + "\n")
         params.to_json(tmp / "params.json")
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")

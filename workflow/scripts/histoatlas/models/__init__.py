@@ -1,4 +1,4 @@
-"""Load trained networks (PyTorch now; Keras behind the same interface later).
+"""Load trained networks, PyTorch or Keras (TensorFlow), behind one interface.
 
 Examples
 --------
@@ -11,7 +11,7 @@ Examples
 from __future__ import annotations
 
 from histoatlas.models.loaded import LoadedModel, Normalizer
-from histoatlas.models.loading import get_preprocess_fn, load_model, read_params
+from histoatlas.models.loading import get_preprocess_fn, load_model, model_backend, read_params
 from histoatlas.models.params import ModelParams
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "Normalizer",
     "get_preprocess_fn",
     "load_model",
+    "model_backend",
     "read_params",
 ]

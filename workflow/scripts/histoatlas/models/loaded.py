@@ -1,6 +1,6 @@
 """The framework-agnostic face of a loaded model, and its input normalisation.
 
-Every backend (``torch_model``, later ``keras_model``) returns a :class:`LoadedModel`
+Every backend (``torch_model``, ``keras_model``) returns a :class:`LoadedModel`
 subclass, so ``Features``, ``extract_slide`` and the saliency code ask the same questions
 (preprocess, layer names, device, provenance) whatever framework runs the network.
 """
@@ -70,7 +70,8 @@ class LoadedModel:
         Where the network runs (``"cuda"``, ``"mps"``, ``"cpu"``).
     kind : str
         ``"directory"`` (architecture rebuilt in Python, every layer reachable),
-        ``"torchscript"`` (final output only) or ``"pickled"`` (a whole pickled module).
+        ``"torchscript"`` (final output only) or ``"pickled"`` (a whole pickled module);
+        for Keras ``"keras"``, ``"h5"`` or ``"savedmodel"`` (the file format read).
     weights_path : Path
         The file whose bytes identify the model (hashed into ``model_sha256``).
     params_path : Path or None

@@ -1,14 +1,14 @@
 """Turn a model path into a :class:`LoadedModel`, whatever kind of model it is.
 
 The path decides the loader: a directory with ``params.json`` (its ``backend`` picks
-torch or TensorFlow), a TorchScript or pickled torch file, or a Keras file. Keras models
-are handled by ``histoatlas.models.keras_model`` when that module exists; until then they
-are a clear error, and nothing else here needs to change when it arrives.
+torch or TensorFlow), a TorchScript or pickled torch file, or a Keras file (``.keras``,
+``.h5``, ``.hdf5``) or TensorFlow SavedModel directory. Keras models are handled by
+``histoatlas.models.keras_model``, which is the only place that imports TensorFlow: a
+torch model never pays for its import.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -32,13 +32,17 @@ def load_model(
     path : str or PathLike
         A model directory (``params.json`` + weights; the architecture is rebuilt in
         Python, so every layer can be read), a TorchScript file (final output only;
-        a ``params.json`` beside it supplies tile size and normalisation), or a whole
-        pickled torch module (needs ``trust_model_code``).
+        a ``params.json`` beside it supplies tile size and normalisation), a whole
+        pickled torch module (needs ``trust_model_code``), a Keras 3 ``.keras`` file, a
+        legacy Keras 2 ``.h5``/``.hdf5`` file or TensorFlow SavedModel directory (read
+        with tf-keras), or a model directory whose ``params.json`` says ``"backend":
+        "tensorflow"`` and names such a file in ``weights``.
     device : str, optional
-        Torch device; default CUDA, then MPS, then CPU.
+        Device; default CUDA, then MPS (torch only), then CPU.
     trust_model_code : bool
-        Allow checkpoints that need arbitrary Python objects unpickled. Such a file can
-        run any code when loaded: only for files from a source you trust.
+        Allow checkpoints that need arbitrary Python objects unpickled, and Keras
+        ``Lambda`` layers (their code is stored in the file). Such a file can run any
+        code when loaded: only for files from a source you trust.
 
     Returns
     -------
@@ -64,7 +68,9 @@ def load_model(
     path = Path(path)
     params, params_path = read_params(path)
     if _is_keras(path, params, params_path):
-        return _load_keras(path, params, params_path, device=device)
+        return _load_keras(
+            path, params, params_path, device=device, trust_model_code=trust_model_code
+        )
     if path.is_dir():
         return torch_model.load_torch_directory(
             path, params, params_path, device=device, trust_model_code=trust_model_code
@@ -125,6 +131,25 @@ def read_params(path: Path) -> tuple[ModelParams, Path | None]:
     return ModelParams(), None
 
 
+def model_backend(path: str | os.PathLike) -> str:
+    """``"tensorflow"`` or ``"torch"``: the framework a model path needs, without importing it.
+
+    Decided as :func:`load_model` decides: Keras file suffixes and SavedModel directories
+    are TensorFlow, a model directory says so in its ``params.json``; anything else (and
+    a path that does not exist yet) is torch.
+
+    Examples
+    --------
+    >>> model_backend("model.keras"), model_backend("model.pt")
+    ('tensorflow', 'torch')
+    """
+    path = Path(path)
+    if not path.exists():
+        return "tensorflow" if path.suffix.lower() in KERAS_SUFFIXES else "torch"
+    params, params_path = read_params(path)
+    return "tensorflow" if _is_keras(path, params, params_path) else "torch"
+
+
 def _is_keras(path: Path, params: ModelParams, params_path: Path | None) -> bool:
     if path.is_dir():
         return params.backend == "tensorflow"
@@ -132,16 +157,19 @@ def _is_keras(path: Path, params: ModelParams, params_path: Path | None) -> bool
 
 
 def _load_keras(
-    path: Path, params: ModelParams, params_path: Path | None, *, device: str | None
+    path: Path,
+    params: ModelParams,
+    params_path: Path | None,
+    *,
+    device: str | None,
+    trust_model_code: bool,
 ) -> LoadedModel:
-    # the Keras backend lives in its own module, added by a later issue; it provides
-    # load_keras_model(path, *, params, params_path, device) -> LoadedModel
-    if importlib.util.find_spec("histoatlas.models.keras_model") is None:
-        raise ModelError(
-            f"{path} is a Keras/TensorFlow model, and Keras support is not available in this "
-            "version of histoatlas yet (it comes with histoatlas.models.keras_model); use a "
-            "PyTorch model directory or TorchScript file for now"
-        )
     from histoatlas.models import keras_model
 
-    return keras_model.load_keras_model(path, params=params, params_path=params_path, device=device)
+    return keras_model.load_keras_model(
+        path,
+        params=params,
+        params_path=params_path,
+        device=device,
+        trust_model_code=trust_model_code,
+    )

@@ -42,14 +42,15 @@ class SaliencyMap:
 
     Parameters
     ----------
-    model : torch.nn.Module or LoadedModel
-        A bare torch module taking ``(B, 3, H, W)``, or what
-        :func:`histoatlas.load_model` returns.
+    model : torch.nn.Module, keras.Model or LoadedModel
+        A bare torch module taking ``(B, 3, H, W)``, a bare Keras model taking
+        ``(B, H, W, 3)``, or what :func:`histoatlas.load_model` returns (PyTorch or Keras).
     class_idx : int or str
         The output to explain: its index, or its name when the model has
         ``class_names``.
     device : str, optional
-        Where a bare torch module runs (default: where its parameters are).
+        Where a bare module runs (default: where a torch module's parameters are; the
+        first GPU, else the CPU, for Keras).
     activation : {None, "softmax", "sigmoid"}
         None explains the network's raw output (the logit of a classifier, whose
         gradients do not saturate); otherwise the probability after that activation.
@@ -72,11 +73,12 @@ class SaliencyMap:
     -----
     Inputs are preprocessed tiles, ``(H, W, 3)`` float32 channels last, as
     ``histoatlas.get_preprocess_fn(model_path)`` makes them; the torch backend
-    transposes them to ``(1, 3, H, W)``. Every method takes ``smooth``: True averages
-    the map over 25 noisy copies of the input (SmoothGrad, as ``GetSmoothedMask``; see
-    :func:`smoothed_mask`); a dict overrides :data:`SMOOTH_DEFAULTS` (``stdev_spread``,
-    ``nsamples``, ``magnitude``, ``seed``). Unlike PAIR's default, the average is signed
-    (``magnitude=False``), as every other map here is.
+    transposes them to ``(1, 3, H, W)``, Keras takes them as they are. Every method
+    takes ``smooth``: True averages the map over 25 noisy copies of the input
+    (SmoothGrad, as ``GetSmoothedMask``; see :func:`smoothed_mask`); a dict overrides
+    :data:`SMOOTH_DEFAULTS` (``stdev_spread``, ``nsamples``, ``magnitude``, ``seed``).
+    Unlike PAIR's default, the average is signed (``magnitude=False``), as every other
+    map here is.
 
     Examples
     --------
@@ -320,8 +322,9 @@ class SaliencyMap:
         img : ndarray, shape (H, W, 3), dtype float32
             Preprocessed tile.
         layer : str, optional
-            Module name (``dict(model.named_modules())``); default: the last
-            convolutional feature map (see ``TorchBackend.resolve_layer``).
+            Module name (``dict(model.named_modules())``) or Keras layer name; default:
+            the last convolutional feature map with h, w > 1 (see
+            ``TorchBackend.resolve_layer``, ``KerasBackend.resolve_layer``).
         smooth : bool or dict
             SmoothGrad (see the class notes).
 
@@ -621,8 +624,8 @@ def write_saliency_maps(
     tiles : pandas.DataFrame
         ``tiles.csv`` as :func:`histoatlas.saliency.select.select_tiles` writes it
         (without a ``name`` column, names are made as that function makes them).
-    model : LoadedModel or torch.nn.Module
-        The network; a bare module needs ``preprocess``.
+    model : LoadedModel, torch.nn.Module or keras.Model
+        The network; a bare module or Keras model needs ``preprocess``.
     maps_dir, manifest, overview_png : path
         Outputs (a folder, a CSV, a PNG).
     methods : list of str, optional
