@@ -25,6 +25,7 @@ def main(smk) -> None:
         layers=features["layers"],
         pooling=None if features["pooling"] == "none" else features["pooling"],
         include_preds=features["include_preds"],
+        precision=features["precision"],
         tile_px=tiles["px"],
         tile_um=tiles["um"],
         stride_div=tiles["stride_div"],

@@ -78,7 +78,9 @@ def extract_slide(
     batch_size : int, optional
         Tiles per forward pass (default: see :class:`Features`).
     num_workers : int, optional
-        Slide-reading workers (default: see :meth:`WSI.iter_batches`).
+        Slide-reading workers; default every core this process may use. On a GPU the
+        reading sets the pace: on 16 Xeon cores an H200 ran ResNet-50 at 8,600 tiles/s
+        while reading gave 1,700 tiles/s with 4 workers, 3,500 with 16.
     device : str, optional
         Torch device; default CUDA, then MPS, then CPU.
     precision : {"float32", "bfloat16", "float16"}
@@ -89,7 +91,8 @@ def extract_slide(
         on the CPU no (reading waits for the model, which keeps every core).
     reader_processes : bool, optional
         Read in worker processes rather than threads (see :meth:`WSI.iter_batches`).
-        Default: processes when the model runs on an accelerator, threads on the CPU.
+        Default: processes on an accelerator with more than 8 workers (threads stop
+        scaling there), else threads.
     allow_tile_px_mismatch : bool
         Run even when ``tile_px`` differs from the model's ``tile_px``.
     trust_model_code : bool
@@ -174,17 +177,23 @@ def extract_slide(
         t_loop = time.perf_counter()
         on_cpu = loaded.device.startswith("cpu")
         overlap = not on_cpu if overlap is None else bool(overlap)
+        if num_workers is None:
+            num_workers = available_cores()
+        if reader_processes is None:
+            # threads stop scaling near 8 (Python's GIL); processes go on with the cores
+            reader_processes = not on_cpu and num_workers > PROCESS_READERS_ABOVE
         batches = wsi.iter_batches(
             features.batch_size,
             num_workers=num_workers,
             prefetch=1 if overlap else 0,
-            processes=not on_cpu if reader_processes is None else bool(reader_processes),
+            processes=bool(reader_processes),
         )
         # closing: a failure stops the readers now, not when the traceback dies
         with (
             cpu_threads_beside_readers(
                 loaded.device, num_workers if overlap else 0, backend=loaded.backend
             ),
+            keep_freed_memory(on_cpu),
             contextlib.closing(
                 features.iter_features(batches, prefetch_depth=2 if overlap else 0)
             ) as results,
@@ -341,6 +350,61 @@ def cpu_threads_beside_readers(
         yield threads
     finally:
         torch.set_num_threads(before)
+
+
+# Reader workers above which an accelerator's reading uses processes (measured: threads
+# peak at 8 on a 16-core Xeon, 2,550 tiles/s; 16 processes gave 3,550).
+PROCESS_READERS_ABOVE = 8
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a SLURM allocation)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+# glibc's mallopt parameters, and their defaults
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+
+
+@contextlib.contextmanager
+def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
+    """Keep the memory a CPU forward pass frees, instead of page-faulting it back each batch.
+
+    A network's activations on the CPU are tensors of tens of MB; glibc's malloc serves
+    those with ``mmap`` and returns them to the system when freed, so every batch
+    faults its memory in again, page by page (measured, ResNet-50 at 224 px on 2 cores,
+    batch 32: 16,000 page faults and 32 ms of system time per tile, 23 tiles/s; with
+    freed memory kept, 0.3 ms and 46 tiles/s). While active, malloc neither maps big
+    blocks apart nor trims the heap; afterwards its defaults return and the heap is
+    trimmed. Does nothing (yields False) when disabled or where libc is not glibc.
+
+    Yields
+    ------
+    bool
+        Whether malloc was tuned.
+    """
+    import ctypes
+    import platform
+
+    libc = None
+    if enabled and platform.libc_ver()[0] == "glibc":
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "mallopt"):
+            libc = None
+    if libc is None:
+        yield False
+        return
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2**30)
+    try:
+        yield True
+    finally:
+        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
 
 
 def _tissue_kwargs(tissue: Mapping | None, wsi_class) -> dict:
