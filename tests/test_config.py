@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,31 @@ def test_numeric_tile_um_given_as_string_becomes_number():
 def test_bad_values_are_refused_naming_the_key(config, culprit):
     with pytest.raises(WorkflowError, match=culprit):
         validated(config)
+
+
+def test_featureset_name_derives_from_model_and_tiling():
+    from histoatlas.config import featureset_name, model_label
+
+    assert featureset_name(validated({}), SCHEMA) == "demo-224px-112um"
+    uni = {"model": "/models/uni", "tiles": {"um": "20x"}}
+    assert featureset_name(validated(uni), SCHEMA) == "uni-224px-20x"
+    assert model_label("/models/uni/pytorch_model.bin") == "uni"
+    assert model_label("/models/mitosis/deep_histopath_model.hdf5") == "deep_histopath_model"
+    # any other setting that changes the activations gives a name of its own, stably
+    base = featureset_name(validated(uni), SCHEMA)
+    names = {
+        featureset_name(validated({**uni, "features": features}), SCHEMA)
+        for features in (
+            {"layers": ["layer3"]},
+            {"layers": ["layer4"]},
+            {"pooling": "max"},
+            {"precision": "bfloat16"},
+        )
+    }
+    assert len(names) == 4 and all(re.fullmatch(rf"{base}-[0-9a-f]{{6}}", n) for n in names)
+    again = featureset_name(validated({**uni, "features": {"layers": ["layer3"]}}), SCHEMA)
+    assert again in names
+    # settings that change no activation keep the name; a given name is taken as it is
+    same = validated({**uni, "tiles": {"um": "20x", "allow_model_mismatch": True}})
+    assert featureset_name(same, SCHEMA) == base
+    assert featureset_name(validated({"features": {"name": "uni-v1"}}), SCHEMA) == "uni-v1"

@@ -190,11 +190,28 @@ def test_unknown_layer_message_truncates_huge_models():
 def test_postconv_needs_a_classifier():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
     with pytest.raises(
-        LayerError, match="'postconv'.*no nn.Linear.*available: postconv, output, 0, 1"
+        LayerError,
+        match=r"'postconv'.*no nn.Linear layer and its last convolution is not 1x1.*"
+        r"its last layers: 0, 1; all: LoadedModel.layer_names\(\)",
     ):
         Features(wrap(net))
     feats = Features(wrap(net), ["output"], include_preds=False)(np.zeros((2, 8, 8, 3), np.uint8))
     assert feats.shape == (2, 4)  # (B, 4, 1, 1) output avg-pooled
+
+
+def test_postconv_of_a_convolutional_classifier_is_its_input():
+    # SqueezeNet's head: a 1x1 convolution to the classes, then global pooling
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(6, 2, 1),
+        torch.nn.AdaptiveAvgPool2d(1),
+    )
+    tiles = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
+    feats = Features(wrap(net), ["postconv", "1"], include_preds=False)(tiles)
+    assert feats.shape == (2, 12)  # the ReLU's 6 channels, avg-pooled, twice
+    np.testing.assert_array_equal(feats[:, :6], feats[:, 6:])
 
 
 def test_unused_layer_is_reported():

@@ -512,8 +512,10 @@ def test_mitosis_model_predictions(mitosis):
     assert preds.shape == (2, 1)
     assert preds[0, 0] == pytest.approx(0.988, abs=0.002)  # true.png: one mitosis
     assert preds[1, 0] < 2e-4  # false.png
-    with pytest.raises(LayerError, match="'postconv' .*has no Dense layer"):
-        Features(model, ["postconv"])
+    # no Dense layer: the classifier is the final 1x1 convolution of the pooled map
+    feats = Features(model, ["postconv", "average_pooling2d_1"], include_preds=False)(mitosis.tiles)
+    assert feats.shape == (2, 2 * 128)
+    np.testing.assert_array_equal(feats[:, :128], feats[:, 128:])
 
 
 def test_mitosis_inner_layers_match_tf_keras(mitosis, tf_keras):

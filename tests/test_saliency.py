@@ -8,13 +8,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import saliency.core as sc
+import torch
 
-torch = pytest.importorskip("torch")
-sc = pytest.importorskip("saliency.core")
-
-from histoatlas.errors import ConfigError, EmptyDatasetError, LayerError, ModelError  # noqa: E402
-from histoatlas.models.architectures import demo_cnn  # noqa: E402
-from histoatlas.saliency import (  # noqa: E402
+from histoatlas.errors import ConfigError, EmptyDatasetError, LayerError, ModelError
+from histoatlas.models.architectures import demo_cnn
+from histoatlas.saliency import (
     METHODS,
     SaliencyMap,
     comparison,
@@ -23,7 +22,7 @@ from histoatlas.saliency import (  # noqa: E402
     overview,
     write_saliency_maps,
 )
-from histoatlas.saliency.maps import patch_guided_ig_quantile  # noqa: E402
+from histoatlas.saliency.maps import patch_guided_ig_quantile
 
 nn = torch.nn
 

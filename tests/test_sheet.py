@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from histoatlas.errors import SheetError
-from histoatlas.sheet import check_label_columns, check_sheet, label_columns, read_sheet
+from histoatlas.sheet import (
+    check_cohort_sheet,
+    check_sheet,
+    label_columns,
+    plot_labels,
+    read_sheet,
+)
 
 
 def write(tmp_path, text):
@@ -57,9 +63,36 @@ def test_malformed_sheets_name_the_culprit(tmp_path, text, pattern):
 
 def test_missing_label_column_lists_the_sheets_labels(tmp_path):
     sheet = read_sheet(write(tmp_path, "slide,path,subtype\na,a.svs,x\n"))
-    check_label_columns(sheet, ["subtype", "slide", "cluster"], source="s.csv")
+    assert plot_labels(sheet, ["subtype", "slide", "cluster"], source="s.csv") == ["subtype"]
     with pytest.raises(SheetError, match=r"\['grade'\] named in config.*\['subtype'\]"):
-        check_label_columns(sheet, ["grade"], source="s.csv")
+        plot_labels(sheet, ["grade"], source="s.csv")
+
+
+def test_labels_default_to_the_sheet_s_own_columns(tmp_path):
+    two_columns = read_sheet(write(tmp_path, "slide,path\na,a.svs\n"))
+    assert plot_labels(two_columns, None, source="s.csv") == []  # built-ins only: fine
+    sheet = read_sheet(write(tmp_path, "slide,path,mpp,grade,site name,cluster\na,a.svs,,2,x,1\n"))
+    # mpp is no label, built-in names are drawn anyway, and a column that cannot name a
+    # plot file is left out (not an error)
+    assert plot_labels(sheet, None, source="s.csv") == ["grade"]
+    with pytest.raises(SheetError, match=r"\['site name'\] \(plots.labels\) cannot name"):
+        plot_labels(sheet, ["site name"], source="s.csv")
+
+
+def test_every_problem_of_a_sheet_in_one_message(tmp_path):
+    (tmp_path / "a.svs").write_bytes(b"")
+    sheet = read_sheet(write(tmp_path, "slide,path,subtype\na,a.svs,x\nb,b.svs,y\n"))
+    labels = check_cohort_sheet(sheet, None, source="s.csv", check_files=False)
+    assert labels == ["subtype"]
+    with pytest.raises(SheetError) as info:
+        check_cohort_sheet(sheet, ["grade"], source="s.csv", root=tmp_path)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "2 problems:"
+    assert "label column(s) ['grade']" in lines[1]
+    assert "1 slide file(s) not found (line 3: slide 'b': b.svs)" in lines[2]
+    # one problem alone is its own message
+    with pytest.raises(SheetError, match=r"^s.csv: label column\(s\) \['grade'\]"):
+        check_cohort_sheet(sheet, ["grade"], source="s.csv", check_files=False)
 
 
 _ID_CHARS = string.ascii_letters + string.digits + "._-"

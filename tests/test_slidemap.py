@@ -133,7 +133,12 @@ def test_fit_maps_every_tile_into_unit_square(fitted_map, mopadi):
     assert len(sm) == len(mopadi.tiles) == 957
     coords = sm.coords
     assert coords.shape == (957, 2)
-    assert coords.min() >= 0 and coords.max() <= 1
+    # the frame is the clipped layout's extent: each axis runs from exactly 0 to exactly 1
+    np.testing.assert_allclose(coords.min(axis=0), 0, atol=1e-6)
+    np.testing.assert_allclose(coords.max(axis=0), 1, atol=1e-6)
+    # the fitted tiles keep their fitted positions, scaled
+    fit_rows = sample_per_group(mopadi.tiles["slide"].to_numpy(), 150, seed=0)
+    np.testing.assert_allclose(coords[fit_rows], sm.umap.scale(sm.umap.umap.embedding_), atol=1e-6)
     # the clipping box (1-99th percentile + 10 % margin) leaves the bulk spread out
     assert np.ptp(np.percentile(coords, [5, 95], axis=0), axis=0).min() > 0.5
     # 150 per slide were fitted (both slides have more), the rest projected
@@ -155,7 +160,6 @@ def test_same_seed_same_coords_other_seed_other_coords(fitted_map, mopadi):
 def test_umap_transform_of_training_activations_lands_near_fitted_positions(fitted_map, mopadi):
     projected = fitted_map.umap_transform(mopadi.features, chunk_size=200)
     assert projected.shape == (957, 2) and projected.dtype == np.float32
-    assert projected.min() >= 0 and projected.max() <= 1
     distance = np.linalg.norm(projected - fitted_map.coords, axis=1)
     # the map spans [0, 1]: a median displacement of a few percent is "the same place"
     assert np.median(distance) < 0.05
@@ -194,7 +198,10 @@ def test_small_cohort_clamps_n_neighbors_with_warning_and_pca(caplog):
     assert "n_neighbors=50" in caplog.text and "n_neighbors=11" in caplog.text
     assert fitted.params["n_neighbors"] == 11
     assert fitted.pca.n_components_ == 5
-    assert coords.shape == (12, 2) and coords.min() >= 0 and coords.max() <= 1
+    assert coords.shape == (12, 2)
+    np.testing.assert_allclose(
+        [coords.min(axis=0), coords.max(axis=0)], [[0, 0], [1, 1]], atol=1e-6
+    )
     assert fitted.transform(features[:4]).shape == (4, 2)
 
 
@@ -254,7 +261,8 @@ def test_map_slide_average_maps_one_point_per_slide(six_slides):
     assert isinstance(sm, SlideMap)
     assert len(sm) == 6 and sm.map_slide == "average"
     assert list(sm.data["slide"]) == [f"s{k}" for k in range(6)]
-    assert sm.coords.min() >= 0 and sm.coords.max() <= 1
+    extent = [sm.coords.min(axis=0), sm.coords.max(axis=0)]
+    np.testing.assert_allclose(extent, [[0, 0], [1, 1]], atol=1e-6)
     means = np.stack([six_slides.activations[s].mean(axis=0) for s in sm.data["slide"]])
     np.testing.assert_allclose(sm._activations, means, rtol=1e-5)
     # labels come from the slides table, predictions are averaged per slide
@@ -404,7 +412,9 @@ def test_fit_umap_script_fits_then_projects_onto_reference(mopadi, tmp_path, mon
     run_script("fit_umap", fit_smk(dataset_dir, first), monkeypatch)
     coords = pd.read_parquet(first / "coords.parquet")
     assert list(coords.columns) == ["slide", "tile", "x", "y", "umap_x", "umap_y"]
-    assert len(coords) == 957 and coords[["umap_x", "umap_y"]].to_numpy().max() <= 1
+    assert len(coords) == 957
+    xy = coords[["umap_x", "umap_y"]].to_numpy()
+    np.testing.assert_allclose([xy.min(axis=0), xy.max(axis=0)], [[0, 0], [1, 1]], atol=1e-6)
     fitted = FittedUMAP.load(first / "umap.joblib")
     assert fitted.params["n_fit"] == 200 and fitted.params["random_state"] == 0
     assert "mapped 957 tiles" in (first / "fit_umap.log").read_text()

@@ -9,10 +9,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEFILE = ROOT / "Snakefile"
 TILE = 64  # level-0 px per tile in the tiny config (32 um at 0.5 mpp)
+TINY_SLIDES = ["s1", "s2", "s3"]
+# labels the tiny cohort is plotted by: its sheet's `subtype`, then the built-ins
+TINY_LABELS = ["subtype", "slide", "cluster", "prediction", "uncertainty"]
 
 
 def tissue_slide(seed: int, size: int = 1024) -> np.ndarray:
@@ -27,6 +32,15 @@ def tissue_slide(seed: int, size: int = 1024) -> np.ndarray:
     return image
 
 
+def tiny_config() -> dict:
+    """The tiny cohort's config: tests/integration/config.yaml, with the saliency options of
+    the shipped config.yaml (all six methods, their steps and batch) but one tile per class."""
+    config = yaml.safe_load(Path(__file__).with_name("config.yaml").read_text())
+    shipped = yaml.safe_load((ROOT / "config.yaml").read_text())["saliency"]
+    config["saliency"] = {**shipped, **config.get("saliency", {})}
+    return config
+
+
 def write_cohort(directory: Path, slides: list[str]) -> None:
     """Write slides, sheet, model and config of the tiny cohort into ``directory``."""
     import torch
@@ -36,7 +50,7 @@ def write_cohort(directory: Path, slides: list[str]) -> None:
     from histoatlas.tiff import write_pyramid_tiff
 
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(Path(__file__).with_name("config.yaml"), directory / "config.yaml")
+    (directory / "config.yaml").write_text(yaml.safe_dump(tiny_config(), sort_keys=False))
     (directory / "slides").mkdir(exist_ok=True)
     for i, slide in enumerate(slides):
         write_pyramid_tiff(directory / "slides" / f"{slide}.tiff", tissue_slide(i), mpp=0.5)
@@ -69,13 +83,17 @@ def add_slide(directory: Path, slide: str, seed: int) -> None:
 
 
 def snakemake(
-    directory: Path, *args: str, check: bool = True, snakefile: Path = SNAKEFILE
+    directory: Path,
+    *args: str,
+    check: bool = True,
+    snakefile: Path = SNAKEFILE,
+    env: dict | None = None,
 ) -> subprocess.CompletedProcess:
     """Run Snakemake on ``directory`` with its config.yaml; output captured as text."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile)]
     cmd += ["--directory", str(directory), "--configfile", "config.yaml"]
     cmd += ["--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=directory)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=directory, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -108,3 +126,33 @@ def job_counts(output: str) -> dict[str, int]:
             elif counts:
                 in_table = False
     return counts
+
+
+def copy_run(run, destination: Path) -> Path:
+    """A copy of a finished run's directory (results, logs and Snakemake's metadata)."""
+    shutil.copytree(run.dir, destination, symlinks=True)
+    return destination
+
+
+def check_saliency_maps(
+    directory: Path, cohort: str, methods: set[str], px: int, *, gradcam_structure: bool = False
+) -> pd.DataFrame:
+    """Every map of a run's saliency_maps job: one per tile and method, (px, px), finite and
+    not constant. The one exception is Grad-CAM, whose ReLU gives a zero map where the layer
+    holds no positive evidence for the class (common in an untrained network): such a map
+    must be zero, marked `constant` in maps.csv and named in the job's log. With
+    ``gradcam_structure`` (a trained model), no Grad-CAM map may be constant."""
+    maps = pd.read_csv(directory / "results" / cohort / "saliency" / "maps.csv")
+    assert set(maps["method"]) == methods
+    assert len(maps) == maps["name"].nunique() * len(methods)
+    log = (directory / "logs" / "saliency_maps" / f"{cohort}.log").read_text()
+    for row in maps.itertuples():
+        mask = np.load(directory / row.npy)
+        assert mask.shape == (px, px) and np.isfinite(mask).all(), row.npy
+        assert bool(row.constant) == (mask.min() == mask.max()), row.npy
+        if row.constant:
+            assert row.method == "gradcam" and mask.max() == 0, row
+            assert f"{row.name}: the gradcam map of class '{row.class_name}' is 0" in log
+    if gradcam_structure:
+        assert not maps["constant"].any()
+    return maps

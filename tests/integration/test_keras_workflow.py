@@ -1,8 +1,12 @@
-"""The tiny cohort once with a Keras model: per-slide files as the torch run writes them.
+"""Keras models through the workflow's rules.
 
-The Keras model is the torch demo CNN of the tiny cohort with its weights copied across
-(``copy_torch_weights``), so both runs must write the same datasets and attributes, and
-the same numbers to within float error.
+- The tiny cohort with a Keras 3 ``.keras`` model: the torch demo CNN of the tiny cohort
+  with its weights copied across (``copy_torch_weights``), so both runs must write the same
+  datasets and attributes, and the same numbers to within float error; then its saliency
+  maps through the ``saliency_maps`` rule.
+- The whole workflow with a real legacy Keras 2 ``.h5`` model (IBM's mitosis detector in
+  ../shared/testdata, read with tf-keras), all six saliency methods with the shipped config's
+  options included.
 """
 
 from __future__ import annotations
@@ -12,12 +16,24 @@ import shutil
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 
-from tests.integration.cohort import job_counts, snakemake, write_cohort
+from tests.conftest import TESTDATA
+from tests.integration.cohort import check_saliency_maps, job_counts, snakemake, write_cohort
 
 SLIDES = ["s1", "s2"]
 TARGETS = [f"results/features/tiny/{s}.h5" for s in SLIDES]
+SIX_METHODS = {
+    "vanilla",
+    "integrated_gradients",
+    "guided_integrated_gradients",
+    "blur_integrated_gradients",
+    "xrai",
+    "gradcam",
+}
+MITOSIS = TESTDATA / "models" / "ibm_max_mitosis" / "deep_histopath_model.hdf5"
 
 pytestmark = pytest.mark.slow
 
@@ -96,3 +112,66 @@ def test_demo_backend_tensorflow_builds_a_keras_demo_model(tmp_path):
     assert "resources/demo/model/model.keras" in out
     assert "resources/demo/model/weights.pt" not in out
     assert job_counts(out)["train_demo_model"] == 1
+
+
+def test_keras3_model_through_the_saliency_rule(runs):
+    _, keras_dir, _ = runs
+    proc = snakemake(keras_dir, "results/tiny/saliency/overview.png")
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["saliency_maps"] == 1 and "extract_activations" not in counts
+    maps = check_saliency_maps(keras_dir, "tiny", SIX_METHODS, px=64)
+    assert maps["name"].nunique() == 2  # top_k_per_class 1, two classes
+    log = (keras_dir / "logs/saliency_maps/tiny.log").read_text()
+    assert "Traceback" not in log
+
+
+@pytest.fixture(scope="module")
+def mitosis_run(tmp_path_factory):
+    """The whole workflow on two tiny slides with the real legacy Keras 2 mitosis model."""
+    if not MITOSIS.is_file():
+        pytest.skip(f"the mitosis model is not at {MITOSIS} (shared/testdata)")
+    directory = tmp_path_factory.mktemp("mitosis") / "cohort"
+    write_cohort(directory, SLIDES)
+    model = directory / "model"
+    shutil.rmtree(model)
+    model.mkdir()
+    shutil.copy(MITOSIS, model / MITOSIS.name)
+    # as the README gives it: 64 px tiles of 16 um, (x / 255 - 0.5) / 0.5, one logit
+    (model / "params.json").write_text(
+        '{"backend": "tensorflow", "weights": "deep_histopath_model.hdf5", "tile_px": 64, '
+        '"tile_um": 16, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], '
+        '"class_names": ["mitosis"], "output": "sigmoid"}'
+    )
+    config = yaml.safe_load((directory / "config.yaml").read_text())
+    config["tiles"]["um"] = 16
+    config["features"] = {"name": "tiny", "layers": ["postconv"]}
+    (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(directory)
+    return directory, proc
+
+
+def test_legacy_keras_model_through_every_rule(mitosis_run):
+    directory, proc = mitosis_run
+    counts = job_counts(proc.stdout + proc.stderr)
+    for rule in ("extract_activations", "merge_dataset", "fit_umap", "plot_umap"):
+        assert counts[rule] >= 1, rule
+    assert counts["render_mosaic"] == counts["saliency_maps"] == 1
+    for slide in SLIDES:
+        with h5py.File(directory / f"results/features/tiny/{slide}.h5") as f:
+            n = len(f["coords"])
+            assert n > 20 and f["predictions"].shape == (n, 1)
+            assert f["features"].shape[1] > 1 and np.isfinite(f["features"][()]).all()
+            probs = f["predictions"][()]
+            assert ((probs >= 0) & (probs <= 1)).all() and probs.std() > 0
+            assert f.attrs["class_names"] == '["mitosis"]'
+    tiles = pd.read_parquet(directory / "results/tiny/dataset/tiles.parquet")
+    assert set(tiles["pred_label"]) == {"mitosis"} and "pred_mitosis" in tiles
+    for label in ("subtype", "slide", "cluster", "prediction", "uncertainty"):
+        assert (directory / f"results/tiny/plots/umap_{label}.png").is_file()
+
+
+def test_all_six_methods_on_the_legacy_keras_model(mitosis_run):
+    directory, _ = mitosis_run
+    # a trained network: Grad-CAM finds positive evidence too
+    maps = check_saliency_maps(directory, "tiny", SIX_METHODS, px=64, gradcam_structure=True)
+    assert maps["name"].nunique() == 1  # one class: one tile

@@ -1,6 +1,6 @@
 """After a finished run: `snakemake --report`, what each job imported, and another cohort.
 
-One run of the whole workflow on the tiny cohort, then:
+The shared run of the whole workflow on the tiny cohort (tests/integration/conftest.py), then:
 
 - ``snakemake --report report.html`` gives one self-contained HTML file with every UMAP
   plot, the mosaic and the saliency overview, each captioned, and the methods paragraph
@@ -28,14 +28,23 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.cluster.jobprobe import probe_env, read_probes
-from tests.integration.cohort import ROOT, SNAKEFILE, job_counts, tissue_slide, write_cohort
+from tests.integration.cohort import (
+    ROOT,
+    SNAKEFILE,
+    TINY_LABELS,
+    copy_run,
+    job_counts,
+    tissue_slide,
+)
 from tests.test_envs import ENV_NAMES, RULE_ENV, pip_requirements, rule_envs
 
 pytestmark = pytest.mark.slow
 
-SLIDES = ["s1", "s2", "s3"]
-LABELS = ["subtype", "slide", "cluster", "prediction", "uncertainty"]
+LABELS = TINY_LABELS
+SIX_METHODS = (
+    "vanilla, integrated_gradients, guided_integrated_gradients, "
+    "blur_integrated_gradients, xrai, gradcam"
+)
 REPORT_DIR = ROOT / "workflow" / "report"
 # Imported when installed, never needed: not in an env's requirements, and no harm without.
 OPPORTUNISTIC = {
@@ -46,21 +55,19 @@ OPPORTUNISTIC = {
 }
 
 
-def snakemake(directory: Path, *args: str, env: dict | None = None) -> str:
+def snakemake(directory: Path, *args: str) -> str:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(directory)]
     cmd += ["--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=directory, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=directory)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{output[-6000:]}"
     return output
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    base = tmp_path_factory.mktemp("report")
-    directory = base / "tiny"
-    write_cohort(directory, SLIDES)
-    snakemake(directory, env=probe_env(base / "probe"))
+def finished(tiny_run):
+    """The shared tiny run (tests/integration/conftest.py) and its report."""
+    directory = tiny_run.dir
     snakemake(directory, "--report", "report.html")
     html = (directory / "report.html").read_text()
     scripts = dict(re.findall(r'<script id="([\w-]+)">\s*var \w+ = (.*?);\s*</script>', html, re.S))
@@ -70,7 +77,7 @@ def finished(tmp_path_factory):
         description=json.loads(scripts["workflow-desc"]),
         results=json.loads(scripts["results"]),
         categories=json.loads(scripts["categories"]),
-        probes=read_probes(base / "probe"),
+        probes=tiny_run.probes,
     )
 
 
@@ -95,7 +102,7 @@ def test_report_holds_every_figure_with_its_caption(finished):
     caption = finished.results[mosaic]["caption"]
     assert "cut into\n12 columns" in caption and "nearest to the cell's centre" in caption
     caption = finished.results[overview]["caption"]
-    assert "(vanilla, integrated_gradients, gradcam)" in caption
+    assert f"({SIX_METHODS})" in " ".join(caption.split())
     assert "the 1 tile(s) with the highest\npredicted probability of each class" in caption
     for entry in finished.results.values():
         assert "cohort <strong>tiny</strong>" in entry["caption"]
@@ -125,7 +132,7 @@ def test_report_opens_with_the_methods_paragraph(finished):
         "featureset tiny",
         "UMAP (n_neighbors=10, min_dist=0.1, cosine metric, seed 0) was fitted on at most 200",
         "cut into 12 columns and each cell shows the tile nearest to its centre",
-        "vanilla, integrated_gradients, gradcam (PAIR's saliency package; 5 integration steps)",
+        f"{SIX_METHODS} (PAIR's saliency package; 25 integration steps)",
         "the 1 most confidently predicted tile(s) of each class",
     ]:
         assert part in text, f"{part!r} not in the methods paragraph:\n{text}"
@@ -231,8 +238,8 @@ def test_each_job_imports_only_what_its_conda_env_provides(finished):
         assert min(serving, key=lambda name: len(envs[name])) == env, (probe["script"], serving)
 
 
-def test_another_cohort_runs_beside_the_first(finished):
-    directory = finished.dir
+def test_another_cohort_runs_beside_the_first(tiny_run, tmp_path):
+    directory = copy_run(tiny_run, tmp_path / "tiny")
     first = {p: p.stat().st_mtime_ns for p in (directory / "results").rglob("*") if p.is_file()}
     from histoatlas.tiff import write_pyramid_tiff
 

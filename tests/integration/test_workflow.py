@@ -6,8 +6,6 @@ change (from the dry run's job counts): only what a change touches may rerun.
 
 from __future__ import annotations
 
-import shutil
-
 import h5py
 import numpy as np
 import pandas as pd
@@ -15,26 +13,28 @@ import pytest
 from PIL import Image
 
 from tests.integration.cohort import (
+    TINY_LABELS,
+    TINY_SLIDES,
     add_slide,
+    check_saliency_maps,
+    copy_run,
     copy_workflow,
     job_counts,
     snakemake,
-    write_cohort,
 )
 
-SLIDES = ["s1", "s2", "s3"]
-LABELS = ["subtype", "slide", "cluster", "prediction", "uncertainty"]
+SLIDES, LABELS = TINY_SLIDES, TINY_LABELS
 UMAP_AND_DOWNSTREAM = {"fit_umap": 1, "plot_umap": len(LABELS), "render_mosaic": 1, "all": 1}
+METHODS = [
+    "vanilla",
+    "integrated_gradients",
+    "guided_integrated_gradients",
+    "blur_integrated_gradients",
+    "xrai",
+    "gradcam",
+]
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny")
-    write_cohort(directory, SLIDES)
-    proc = snakemake(directory)
-    return directory, proc
 
 
 def dry_run(directory, *args):
@@ -42,8 +42,41 @@ def dry_run(directory, *args):
     return job_counts(proc.stdout + proc.stderr), proc.stdout + proc.stderr
 
 
+def palette_pixels(png, n_colours: int) -> list[int]:
+    """Pixels of each of the first ``n_colours`` + 1 palette colours in a UMAP plot."""
+    from histoatlas.plotting import qualitative_colours
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3).astype(int)
+    counts = []
+    for colour in qualitative_colours(n_colours + 1):
+        target = np.round(np.asarray(colour[:3]) * 255).astype(int)
+        counts.append(int((np.abs(rgb - target).max(axis=1) <= 1).sum()))
+    return counts
+
+
+def pre_relu_gradcam(directory, row) -> np.ndarray:
+    """Grad-CAM of the tiny demo CNN before its ReLU: block4's maps weighted by the class's
+    fc weights (the mean gradient of a logit after global average pooling, up to 1 / (h w))."""
+    import torch
+
+    from histoatlas.models import load_model
+    from histoatlas.wsi import WSI
+
+    model = load_model(directory / "model")
+    with WSI(directory / "slides" / f"{row.slide}.tiff", 64, 32) as wsi:
+        tile = wsi.read_tile(row.x, row.y)
+    captured = {}
+    net = model.model
+    handle = net.block4.register_forward_hook(lambda m, i, out: captured.update(a=out))
+    with torch.no_grad():
+        model.model(model.to_tensor(tile[None]))
+    handle.remove()
+    weights = net.fc.weight[row.class_idx]
+    return (weights[:, None, None] * captured["a"][0]).sum(0).detach().numpy()
+
+
 def test_per_slide_files_and_dataset_table(tiny_run):
-    directory, _ = tiny_run
+    directory = tiny_run.dir
     for slide in SLIDES:
         with h5py.File(directory / "results/features/tiny" / f"{slide}.h5") as f:
             n = len(f["coords"])
@@ -63,70 +96,103 @@ def test_per_slide_files_and_dataset_table(tiny_run):
     assert leftovers == []
 
 
-def test_umap_plots_mosaic_and_saliency(tiny_run):
-    directory, _ = tiny_run
-    results = directory / "results/tiny"
+def test_umap_places_every_tile_and_separates_the_slides(tiny_run):
+    from sklearn.metrics import silhouette_score
+
+    results = tiny_run.dir / "results/tiny"
     tiles = pd.read_parquet(results / "dataset/tiles.parquet")
     coords = pd.read_parquet(results / "umap/coords.parquet")
-    assert len(coords) == len(tiles)
-    assert coords[["umap_x", "umap_y"]].to_numpy().min() >= 0
-    assert coords[["umap_x", "umap_y"]].to_numpy().max() <= 1
+    # one row per tile, in the dataset's order, keys intact
+    pd.testing.assert_frame_equal(
+        coords[["slide", "tile", "x", "y"]], tiles[["slide", "tile", "x", "y"]]
+    )
+    xy = coords[["umap_x", "umap_y"]].to_numpy()
+    assert np.isfinite(xy).all() and xy.std(axis=0).min() > 0.1
+    # the slides' tissue differs in colour, so their tiles form separate regions of the map
+    assert silhouette_score(xy, coords["slide"]) > 0.3
+
+
+def test_plots_show_each_label_s_own_values(tiny_run):
+    plots = tiny_run.dir / "results/tiny/plots"
     for label in LABELS:
-        with Image.open(results / "plots" / f"umap_{label}.png") as im:
-            assert im.size[0] >= 600
+        with Image.open(plots / f"umap_{label}.png") as im:
+            assert im.size == (1000, 800)
+    # categorical plots: one palette colour per value (legend and points), none beyond
+    tiles = pd.read_parquet(tiny_run.dir / "results/tiny/dataset/tiles.parquet")
+    for label, column in (("subtype", "subtype"), ("slide", "slide"), ("prediction", "pred_label")):
+        n_values = tiles[column].nunique()
+        counts = palette_pixels(plots / f"umap_{label}.png", n_values)
+        assert all(c > 20 for c in counts[:n_values]), (label, counts)
+        assert counts[n_values] == 0, (label, counts)
+    # k-means with k = 3 (plots.n_clusters)
+    counts = palette_pixels(plots / "umap_cluster.png", 3)
+    assert all(c > 20 for c in counts[:3]) and counts[3] == 0, counts
+    # uncertainty is continuous: a colour bar, no palette colours
+    assert palette_pixels(plots / "umap_uncertainty.png", 1)[0] == 0
+
+
+def test_mosaic_cells_name_real_tiles(tiny_run):
+    results = tiny_run.dir / "results/tiny"
     with Image.open(results / "mosaic/mosaic.png") as im:
         assert im.size[0] == 12 * 16  # num_tiles_x * tile_px of the tiny config
     manifest = pd.read_parquet(results / "mosaic/mosaic.parquet")
     assert 0 < len(manifest) <= 12 * 12
+    tiles = pd.read_parquet(results / "dataset/tiles.parquet").set_index(["slide", "tile"])
+    keys = pd.MultiIndex.from_frame(manifest[["slide", "tile"]])
+    assert keys.isin(tiles.index).all()
+    np.testing.assert_array_equal(tiles.loc[keys, ["x", "y"]].to_numpy(), manifest[["x", "y"]])
+
+
+def test_all_six_saliency_methods_through_the_rule(tiny_run):
+    results = tiny_run.dir / "results/tiny"
     selected = pd.read_csv(results / "saliency/tiles.csv")
     assert sorted(selected["class_name"]) == ["a", "b"]  # top_k_per_class: 1
-    maps = pd.read_csv(results / "saliency/maps.csv")
-    assert sorted(maps["method"].unique()) == ["gradcam", "integrated_gradients", "vanilla"]
-    assert len(maps) == 2 * 3
-    for npy in maps["npy"]:
-        mask = np.load(directory / npy if not npy.startswith("/") else npy)
-        assert mask.shape == (64, 64) and np.isfinite(mask).all()
+    maps = check_saliency_maps(tiny_run.dir, "tiny", set(METHODS), px=64)
+    assert len(maps) == 2 * len(METHODS)
+    # a zero Grad-CAM is the untrained network's: its class evidence at block4 (Grad-CAM's
+    # layer), sum_k w_ck A_k, is nowhere positive
+    for row in maps[maps["constant"]].itertuples():
+        assert pre_relu_gradcam(tiny_run.dir, row).max() <= 0, row.name
     with Image.open(results / "saliency/overview.png") as im:
         assert im.size[1] > 100
 
 
 def test_rerun_has_nothing_to_do(tiny_run):
-    directory, _ = tiny_run
-    counts, out = dry_run(directory)
+    counts, out = dry_run(tiny_run.dir)
     assert "Nothing to be done" in out
     assert counts == {}
 
 
 def test_umap_setting_reruns_umap_and_downstream_only(tiny_run):
-    counts, _ = dry_run(tiny_run[0], "--config", "umap={n_neighbors: 12}")
+    counts, _ = dry_run(tiny_run.dir, "--config", "umap={n_neighbors: 12}")
     assert counts == UMAP_AND_DOWNSTREAM
 
 
 def test_mosaic_setting_reruns_only_the_mosaic(tiny_run):
-    counts, _ = dry_run(tiny_run[0], "--config", "mosaic={num_tiles_x: 8}")
+    counts, _ = dry_run(tiny_run.dir, "--config", "mosaic={num_tiles_x: 8}")
     assert counts == {"render_mosaic": 1, "all": 1}
 
 
 def test_plot_setting_reruns_only_the_plot(tiny_run):
-    counts, _ = dry_run(tiny_run[0], "--config", "plots={n_clusters: 4}")
+    counts, _ = dry_run(tiny_run.dir, "--config", "plots={n_clusters: 4}")
     assert counts == {"plot_umap": 1, "all": 1}
 
 
 def test_new_featureset_extracts_every_slide_again(tiny_run):
-    counts, out = dry_run(tiny_run[0], "--config", "features={name: tiny-b, layers: [block4]}")
+    counts, out = dry_run(tiny_run.dir, "--config", "features={name: tiny-b, layers: [block4]}")
     assert counts["extract_activations"] == len(SLIDES)
     assert "results/features/tiny-b/s1.h5" in out
     assert "results/features/tiny/" not in out.split("Job stats:")[0].replace("tiny-b", "")
 
 
 def test_second_cohort_sharing_slides_extracts_nothing(tiny_run):
-    counts, out = dry_run(tiny_run[0], "--config", "cohort=other")
+    counts, out = dry_run(tiny_run.dir, "--config", "cohort=other")
     assert "extract_activations" not in counts
     assert counts["merge_dataset"] == 1 and counts["fit_umap"] == 1
 
 
 def test_editing_an_entry_script_is_a_code_change(tiny_run, tmp_path):
-    directory, _ = tiny_run
+    directory = tiny_run.dir
     snakefile = copy_workflow(tmp_path / "workflow-copy")
     unchanged = snakemake(directory, "--list-changes", "code", snakefile=snakefile)
     assert "mosaic.png" not in unchanged.stdout
@@ -140,8 +206,7 @@ def test_editing_an_entry_script_is_a_code_change(tiny_run, tmp_path):
 
 
 def test_adding_a_slide_extracts_only_that_slide(tiny_run, tmp_path):
-    copy = tmp_path / "tiny"
-    shutil.copytree(tiny_run[0], copy, symlinks=True)
+    copy = copy_run(tiny_run, tmp_path / "tiny")
     add_slide(copy, "s4", seed=7)
     counts, out = dry_run(copy)
     assert counts["extract_activations"] == 1

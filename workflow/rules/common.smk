@@ -7,15 +7,11 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from histoatlas.config import check_config, coerce_config  # noqa: E402
-from histoatlas.errors import HistoatlasError  # noqa: E402
+from histoatlas.config import check_config, coerce_config, featureset_name  # noqa: E402
+from histoatlas.errors import HistoatlasError, ModelError  # noqa: E402
 from histoatlas.extract import check_model_path  # noqa: E402
 from histoatlas.qc import summary_line, write_qc_summary  # noqa: E402
-from histoatlas.sheet import (  # noqa: E402
-    check_label_columns,
-    check_slide_files,
-    read_sheet,
-)
+from histoatlas.sheet import check_cohort_sheet, read_sheet  # noqa: E402
 
 import yaml  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
@@ -30,49 +26,95 @@ with open(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 config.update(coerce_config(dict(config), _CONFIG_SCHEMA))
 
 
+def _same_path(a, b):
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def demo_slide_ids():
+    """The demo's slide ids, from `demo.n_slides` alone (never from the configured sheet)."""
+    return [f"demo-{i}" for i in range(1, config["demo"]["n_slides"] + 1)]
+
+
+def demo_slide_files(suffix=".tiff"):
+    """The demo's slide files, or their class maps with suffix=".labels.png"."""
+    return [f"resources/demo/slides/{s}{suffix}" for s in demo_slide_ids()]
+
+
+def demo_weights():
+    """Weights file of the demo model directory for demo.backend (weights.pt, model.keras)."""
+    from histoatlas.demo.train import WEIGHTS
+
+    return WEIGHTS[config["demo"]["backend"]]
+
+
+def _demo_model_built():
+    return all(Path(DEMO_MODEL, f).exists() for f in ("params.json", demo_weights()))
+
+
 def _load_sheet():
-    """The slide sheet; for a demo run not yet built, the ids the demo will write."""
-    if config["slides"] == DEMO_SHEET and not Path(DEMO_SHEET).exists():
-        n = config["demo"]["n_slides"]
-        ids = [f"demo-{i}" for i in range(1, n + 1)]
-        return pd.DataFrame(
-            {"slide": ids, "path": [f"resources/demo/slides/{s}.tiff" for s in ids]}
-        )
+    """The slide sheet; for a demo run not yet built, the slides the demo will write."""
+    if USES_DEMO_SHEET and not Path(DEMO_SHEET).exists():
+        ids = demo_slide_ids()
+        return pd.DataFrame({"slide": ids, "path": demo_slide_files(), "subtype": None})
     sheet = read_sheet(config["slides"])
     validate(sheet, "../schemas/slides.schema.yaml")
-    check_label_columns(sheet, config["plots"]["labels"], source=config["slides"])
-    # Slide files (the demo's are built by a rule): once, in the main process.
-    if config["slides"] != DEMO_SHEET and not workflow.remote_exec:
-        check_slide_files(sheet, source=config["slides"])
     return sheet
 
 
 def _check_model():
     """The model path and its tile size, before any job loads it (the demo's is built)."""
-    if config["model"] == DEMO_MODEL and not Path(DEMO_MODEL, "params.json").exists():
+    tiles = config["tiles"]
+    if USES_DEMO_MODEL and not _demo_model_built():
+        trained, where = config["demo"]["tile_px"], "demo.tile_px"
+        if trained != tiles["px"] and not tiles["allow_model_mismatch"]:
+            raise ModelError(
+                f"the demo model {DEMO_MODEL} will be trained on {trained} px tiles "
+                f"({where}), but the config asks for tiles.px = {tiles['px']}; set both alike"
+            )
         return
     check_model_path(
-        config["model"],
-        tile_px=config["tiles"]["px"],
-        allow_mismatch=config["tiles"]["allow_model_mismatch"],
+        config["model"], tile_px=tiles["px"], allow_mismatch=tiles["allow_model_mismatch"]
     )
 
 
 def _checked_inputs():
-    """Config, sheet and model checks; a problem stops the run before any job, in one line."""
+    """Config, sheet and model checks: every problem found, in one message, before any job."""
     try:
         check_config(config, _CONFIG_SCHEMA)
         validate(config, "../schemas/config.schema.yaml")
         sheet = _load_sheet()
-        _check_model()
     except HistoatlasError as e:
         raise WorkflowError(f"{type(e).__name__}: {e}") from None
-    return sheet
+    problems, labels = [], []
+    try:
+        # slide files (the demo's are built by a rule): once, in the main process
+        labels = check_cohort_sheet(
+            sheet,
+            config["plots"]["labels"],
+            source=config["slides"],
+            check_files=not USES_DEMO_SHEET and not workflow.remote_exec,
+        )
+    except HistoatlasError as e:
+        problems.append(f"{type(e).__name__}: {e}")
+    try:
+        _check_model()
+    except HistoatlasError as e:
+        problems.append(f"{type(e).__name__}: {e}")
+    if problems:
+        raise WorkflowError("\n".join(problems))
+    return sheet, labels
 
 
-SHEET = _checked_inputs().set_index("slide", drop=False)
+USES_DEMO_SHEET = _same_path(config["slides"], DEMO_SHEET)
+USES_DEMO_MODEL = _same_path(config["model"], DEMO_MODEL)
+# The demo's rules exist for the demo cohort, or to build a missing demo model for another
+# cohort that uses it; never to rewrite the demo's files from another cohort's run.
+BUILDS_DEMO = USES_DEMO_SHEET or (USES_DEMO_MODEL and not _demo_model_built())
+_SHEET, LABELS = _checked_inputs()
+SHEET = _SHEET.set_index("slide", drop=False)
 COHORT = config["cohort"]
-FEATURESET = config["features"]["name"]
+FEATURESET = featureset_name(config, _CONFIG_SCHEMA)
+config["features"]["name"] = FEATURESET  # the report and the params show the name in use
 
 
 wildcard_constraints:
@@ -108,7 +150,7 @@ def slide_mpp(wildcards):
 def model_files(wildcards):
     """Files the model consists of, so that a retrained model re-extracts."""
     model = Path(config["model"])
-    if config["model"] == DEMO_MODEL:
+    if USES_DEMO_MODEL:
         return [str(model / "params.json"), str(model / demo_weights())]
     if model.is_dir():
         return sorted(str(p) for p in model.rglob("*") if p.is_file())
@@ -120,7 +162,7 @@ def model_env(wildcards):
     envs/tensorflow.yaml, as the model's backend needs (relative to workflow/rules/)."""
     from histoatlas.models.loading import model_backend
 
-    if config["model"] == DEMO_MODEL:  # built by train_demo_model, maybe not yet
+    if USES_DEMO_MODEL:  # built by train_demo_model, maybe not yet
         return demo_model_env(wildcards)
     return f"../../envs/{model_backend(config['model'])}.yaml"
 
@@ -128,18 +170,6 @@ def model_env(wildcards):
 def demo_model_env(wildcards):
     """Conda env of the demo model's framework (demo.backend), relative to workflow/rules/."""
     return f"../../envs/{config['demo']['backend']}.yaml"
-
-
-def demo_weights():
-    """Weights file of the demo model directory for demo.backend (weights.pt, model.keras)."""
-    from histoatlas.demo.train import WEIGHTS
-
-    return WEIGHTS[config["demo"]["backend"]]
-
-
-def demo_slide_files(suffix=".tiff"):
-    """The demo's slide files, or their class maps with suffix=".labels.png"."""
-    return [f"resources/demo/slides/{s}{suffix}" for s in SHEET["slide"]]
 
 
 def dataset_files(cohort):
@@ -167,7 +197,7 @@ def plot_labels():
     builtin = ["slide", "cluster"]
     if config["features"]["include_preds"]:
         builtin += ["prediction", "uncertainty"]
-    return list(dict.fromkeys(config["plots"]["labels"] + builtin))
+    return list(dict.fromkeys(LABELS + builtin))
 
 
 def n_clusters_for_label(wildcards):

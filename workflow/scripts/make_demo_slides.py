@@ -7,15 +7,12 @@ from histoatlas.demo import build_demo_cohort
 
 def main(smk) -> None:
     sys.stderr = open(smk.log[0], "w", buffering=1)
-    demo = smk.params.demo
-    labels = getattr(smk.output, "labels", None)
     build_demo_cohort(
         list(smk.output.slides),
         smk.output.sheet,
         source=smk.input.wheel,
-        label_paths=list(labels) if labels is not None else None,
-        seed=int(demo.get("seed", 0)),
-        mpp=float(demo.get("mpp", 0.5)),
+        label_paths=list(smk.output.labels),
+        seed=int(smk.params.seed),
         log=lambda line: print(line, file=sys.stderr),
     )
 

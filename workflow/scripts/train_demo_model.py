@@ -8,20 +8,20 @@ from histoatlas.demo.train import train_demo_model, training_inputs
 
 def main(smk) -> None:
     sys.stderr = open(smk.log[0], "w", buffering=1)
-    demo, tiles = smk.params.demo, smk.params.tiles
+    params = smk.params
     slides, labels, class_names = training_inputs(smk.input.sheet)
     train_demo_model(
         slides,
         labels,
         Path(smk.output.params).parent,
         class_names=class_names,
-        tile_px=int(tiles["px"]),
-        tile_um=tiles["um"],
-        epochs=int(demo.get("epochs", 8)),
-        seed=int(demo.get("seed", 0)),
-        max_seconds=float(demo.get("train_seconds", 60)),
+        tile_px=int(params.tile_px),
+        tile_um=params.tile_um,
+        epochs=int(params.epochs),
+        seed=int(params.seed),
+        max_seconds=float(params.train_seconds),
         num_threads=smk.threads,
-        backend=demo.get("backend", "torch"),
+        backend=params.backend,
         log=lambda line: print(line, file=sys.stderr),
     )
 

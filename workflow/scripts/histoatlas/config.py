@@ -8,6 +8,8 @@ as YAML and kept when it gives the declared type.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -151,3 +153,84 @@ def _subschema(schema: dict, path: list) -> dict:
         else:
             schema = schema.get("properties", {}).get(part, {})
     return schema
+
+
+# Model file or folder names that say nothing about the model: the folder above names it.
+GENERIC_MODEL_NAMES = frozenset(
+    {"model", "models", "weights", "checkpoint", "checkpoints", "pytorch_model", "saved_model"}
+)
+# Settings of `tiles` and `features` that are not part of the featureset's results.
+_NOT_IN_FEATURESET = {"tiles": ("px", "um", "allow_model_mismatch"), "features": ("name",)}
+
+
+def model_label(model: str | Path) -> str:
+    """A short name for a model path: its folder or file name, made safe for paths.
+
+    Generic names (``model``, ``weights``, ``pytorch_model``, ...) say nothing, so the
+    name of the folder above is used instead (``resources/demo/model`` -> ``demo``,
+    ``/models/uni/pytorch_model.bin`` -> ``uni``).
+
+    Examples
+    --------
+    >>> model_label("/models/UNI2-h"), model_label("resources/demo/model")
+    ('UNI2-h', 'demo')
+    >>> model_label("/data/nets/resnet50 tcga.pt")
+    'resnet50_tcga'
+    """
+    path = Path(model)
+    name = path.stem if path.suffix and not path.is_dir() else path.name
+    while name.lower() in GENERIC_MODEL_NAMES and path.parent.name:
+        path = path.parent
+        name = path.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+
+
+def featureset_name(config: dict, schema: dict) -> str:
+    """The featureset of a config: ``features.name``, or one derived from model and tiling.
+
+    Per-slide activations go to ``results/features/{featureset}/``, shared by every cohort
+    that uses the same model and tiling. When ``features.name`` is not given, the name is
+    ``{model}-{px}px-{um}`` (:func:`model_label`; ``um`` as ``112um`` or ``20x``), followed by
+    ``-`` and six hex digits of a hash of every other extraction setting (``tiles`` and
+    ``features`` keys) that differs from its default. Another model or any other setting
+    that changes the activations thus gets a folder of its own, and no run overwrites
+    another's files.
+
+    Parameters
+    ----------
+    config : dict
+        The validated config (defaults filled in).
+    schema : dict
+        The config schema, for the defaults.
+
+    Returns
+    -------
+    str
+        A name made of letters, digits, ``.``, ``_`` and ``-``.
+
+    Examples
+    --------
+    >>> schema = {"properties": {"tiles": {"properties": {}}, "features": {"properties": {}}}}
+    >>> cfg = {"model": "/models/uni", "tiles": {"px": 224, "um": "20x"}, "features": {}}
+    >>> featureset_name(cfg, schema)
+    'uni-224px-20x'
+    """
+    import hashlib
+    import json
+
+    given = config["features"].get("name")
+    if given:
+        return str(given)
+    tiles = config["tiles"]
+    um = str(tiles["um"]).lower() if isinstance(tiles["um"], str) else f"{tiles['um']:g}um"
+    name = f"{model_label(config['model'])}-{tiles['px']}px-{um}"
+    changed = {}
+    for section, skip in _NOT_IN_FEATURESET.items():
+        defaults = schema["properties"][section]["properties"]
+        for key, value in sorted(config[section].items()):
+            if key not in skip and value != defaults.get(key, {}).get("default"):
+                changed[f"{section}.{key}"] = value
+    if changed:
+        digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()
+        name += f"-{digest[:6]}"
+    return name

@@ -386,12 +386,13 @@ def find_classifier(model):
     """The final classifier module whose input is ``postconv``.
 
     timm's ``get_classifier()`` where the network has it, else the last ``nn.Linear``
-    in module order.
+    in module order, else the last convolution when it is 1x1 (a convolutional
+    classifier head, as in SqueezeNet).
 
     Raises
     ------
     LayerError
-        If the network has neither.
+        If the network has none of them.
     """
     from torch import nn
 
@@ -404,13 +405,24 @@ def find_classifier(model):
         if isinstance(head, nn.Module):
             return head
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise LayerError(
-            f"'{POSTCONV}' (the input of the final classifier) is undefined for "
-            f"{model.path}: it has no get_classifier() and no nn.Linear layer; ask for a "
-            f"named layer instead. {unknown_layer_message(POSTCONV, model.layer_names())}"
-        )
-    return linears[-1]
+    if linears:
+        return linears[-1]
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    if convs and tuple(convs[-1].kernel_size) == (1, 1):
+        return convs[-1]
+    raise LayerError(
+        postconv_undefined_message(model.path, model.layer_names(), "no nn.Linear layer")
+    )
+
+
+def postconv_undefined_message(path, names: Sequence[str], lacking: str) -> str:
+    """Why ``postconv`` does not exist in a model, and the layers to ask for instead."""
+    last = ", ".join(list(names)[-5:])
+    return (
+        f"'{POSTCONV}' (the input of the final classifier) is undefined for {path}: it has "
+        f"{lacking} and its last convolution is not 1x1 (a convolutional classifier); ask "
+        f"for a named layer instead (its last layers: {last}; all: LoadedModel.layer_names())"
+    )
 
 
 def unknown_layer_message(layer: str, names: Sequence[str]) -> str:

@@ -134,19 +134,107 @@ def _check_mpp(sheet: pd.DataFrame, source: str) -> pd.Series:
     return mpp.astype(float)
 
 
-def check_label_columns(sheet: pd.DataFrame, labels: Iterable[str], *, source: str) -> None:
-    """Raise SheetError if a label column named in config is not in the sheet.
+BUILTIN_LABELS = ("slide", "prediction", "uncertainty", "cluster")
 
-    Built-in labels (``slide``, ``prediction``, ``uncertainty``, ``cluster``) need no column.
+
+def plot_labels(sheet: pd.DataFrame, labels: Iterable[str] | None, *, source: str) -> list[str]:
+    """The sheet label columns to colour plots by: the given ones, or every one the sheet has.
+
+    Parameters
+    ----------
+    sheet : DataFrame
+        A checked sheet.
+    labels : iterable of str, or None
+        ``plots.labels``: None takes every label column of the sheet (none is fine) whose
+        name can be a file name; a list names them, and each must exist (built-ins
+        ``slide``, ``prediction``, ``uncertainty``, ``cluster`` need no column).
+    source : str
+        The sheet's path, for the message.
+
+    Returns
+    -------
+    list of str
+        Label columns in order, built-ins excluded.
+
+    Raises
+    ------
+    SheetError
+        If a named label is not a column of the sheet, or its name cannot be a file name.
+
+    Examples
+    --------
+    >>> sheet = pd.DataFrame({"slide": ["a"], "path": ["a.svs"], "grade": [2]})
+    >>> plot_labels(sheet, None, source="s.csv"), plot_labels(sheet, ["slide"], source="s.csv")
+    (['grade'], [])
     """
-    builtin = {"slide", "prediction", "uncertainty", "cluster"}
-    missing = [label for label in labels if label not in builtin and label not in sheet.columns]
+    columns = label_columns(sheet)
+    if labels is None:
+        return [c for c in columns if _SLIDE_ID.match(c) and c not in BUILTIN_LABELS]
+    labels = [label for label in labels if label not in BUILTIN_LABELS]
+    missing = [label for label in labels if label not in sheet.columns]
     if missing:
-        extra = [c for c in sheet.columns if c not in ("slide", "path", "mpp")]
         raise SheetError(
             f"{source}: label column(s) {missing} named in config (plots.labels) are not in "
-            f"the sheet; its label columns are {extra}"
+            f"the sheet; its label columns are {columns} (leave plots.labels unset to plot by "
+            "every one of them)"
         )
+    unnamed = [label for label in labels if not _SLIDE_ID.match(label)]
+    if unnamed:
+        raise SheetError(
+            f"{source}: label column(s) {unnamed} (plots.labels) cannot name a plot file; "
+            "rename the column(s) to letters, digits, '.', '_' and '-'"
+        )
+    return labels
+
+
+def check_cohort_sheet(
+    sheet: pd.DataFrame,
+    labels: Iterable[str] | None,
+    *,
+    source: str,
+    check_files: bool = True,
+    root: str | Path = ".",
+) -> list[str]:
+    """Check a sheet against the run: plot labels and slide files, every problem at once.
+
+    Parameters
+    ----------
+    sheet : DataFrame
+        A checked sheet (:func:`read_sheet`).
+    labels : iterable of str, or None
+        ``plots.labels`` (see :func:`plot_labels`).
+    source : str
+        The sheet's path, for messages.
+    check_files : bool
+        Also check that every slide file exists (:func:`check_slide_files`).
+    root : str or Path
+        Directory relative slide paths are resolved against.
+
+    Returns
+    -------
+    list of str
+        The label columns to plot by.
+
+    Raises
+    ------
+    SheetError
+        Listing every problem found (labels and missing files together), one per line.
+    """
+    problems, columns = [], []
+    try:
+        columns = plot_labels(sheet, labels, source=source)
+    except SheetError as e:
+        problems.append(str(e))
+    if check_files:
+        try:
+            check_slide_files(sheet, source=source, root=root)
+        except SheetError as e:
+            problems.append(str(e))
+    if len(problems) == 1:
+        raise SheetError(problems[0])
+    if problems:
+        raise SheetError(f"{len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems))
+    return columns
 
 
 def check_slide_files(

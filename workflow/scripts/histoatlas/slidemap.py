@@ -567,9 +567,6 @@ class SlideMap:
         return Mosaic.from_slidemap(self, **kwargs)
 
 
-BUILTIN_LABELS = ("slide", "prediction", "uncertainty", "cluster")
-
-
 def apply_label(slide_map: SlideMap, label: str, *, n_clusters: int = 8, seed: int = 0) -> SlideMap:
     """Label a map by a built-in label or a column, as the workflow's plots do.
 

@@ -261,23 +261,25 @@ class KerasModel(LoadedModel):
         return _node_output(self.model, self.model.get_layer(name))
 
     def classifier(self):
-        """The last ``Dense`` layer, whose input is ``postconv``.
+        """The last ``Dense`` layer, else the last convolution when it is 1x1 (a
+        convolutional classifier head); its input is ``postconv``.
 
         Raises
         ------
         LayerError
-            The model has no top-level ``Dense`` layer.
+            The model has neither at its top level.
         """
-        from histoatlas.features import unknown_layer_message
+        from histoatlas.features import postconv_undefined_message
 
         dense = [layer for layer in self.model.layers if _has_class(layer, "Dense")]
-        if not dense:
-            raise LayerError(
-                f"'{POSTCONV}' (the input of the last Dense layer) is undefined for "
-                f"{self.path}: it has no Dense layer; ask for a named layer instead. "
-                + unknown_layer_message(POSTCONV, self.layer_names())
-            )
-        return dense[-1]
+        if dense:
+            return dense[-1]
+        convs = [layer for layer in self.model.layers if _has_class(layer, "Conv2D")]
+        if convs and tuple(convs[-1].kernel_size) == (1, 1):
+            return convs[-1]
+        raise LayerError(
+            postconv_undefined_message(self.path, self.layer_names(), "no Dense layer")
+        )
 
     def submodel(self, outputs: list):
         """A model from the network's input to ``outputs`` (symbolic tensors).

@@ -74,7 +74,9 @@ class TorchModel(LoadedModel):
                     f"numpy tiles must be uint8 RGB (B, H, W, 3), got dtype {images.dtype}; "
                     "pass preprocessed input as a float torch tensor (B, 3, H, W) instead"
                 )
-            images = torch.from_numpy(np.ascontiguousarray(images))
+            # a read-only array (a tile straight from PIL) is copied: torch would warn
+            images = np.ascontiguousarray(images) if images.flags.writeable else images.copy()
+            images = torch.from_numpy(images)
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"expected a numpy array or torch tensor, got {type(images).__name__}")
         if images.dtype.is_floating_point:

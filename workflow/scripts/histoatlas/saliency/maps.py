@@ -646,7 +646,9 @@ def write_saliency_maps(
     -------
     pandas.DataFrame
         The manifest: ``name``, ``slide``, ``x``, ``y``, ``class_idx``, ``class_name``,
-        ``probability``, ``method``, ``npy``, ``png``, ``overlay``.
+        ``probability``, ``method``, ``npy``, ``png``, ``overlay`` and ``constant`` (the map
+        holds one value everywhere, e.g. a Grad-CAM without positive evidence for the class;
+        the log says so too).
 
     Raises
     ------
@@ -711,11 +713,15 @@ def write_saliency_maps(
                 Image.fromarray(overlay(tile, mask, alpha=alpha)).save(
                     tmp_dir / row.name / files["overlay"].name
                 )
+                constant = bool(mask.min() == mask.max())
+                if constant:
+                    print(_constant_note(row, method, float(mask.flat[0])), file=sys.stderr)
                 records.append(
                     {
                         **{k: getattr(row, k) for k in _MANIFEST_TILE_COLUMNS},
                         "method": method,
                         **{k: str(v) for k, v in files.items()},
+                        "constant": constant,
                     }
                 )
             rows.append((tile, masks))
@@ -733,7 +739,8 @@ def write_saliency_maps(
         if own_reader:
             read_tile.close()
 
-    table = pd.DataFrame(records, columns=[*_MANIFEST_TILE_COLUMNS, "method", *_SUFFIXES])
+    columns = [*_MANIFEST_TILE_COLUMNS, "method", *_SUFFIXES, "constant"]
+    table = pd.DataFrame(records, columns=columns)
     with atomic_output(manifest) as tmp:
         table.to_csv(tmp, index=False)
     fig = overview(rows, labels=labels)
@@ -744,6 +751,19 @@ def write_saliency_maps(
 
 _SUFFIXES = {"npy": ".npy", "png": ".png", "overlay": "_overlay.png"}
 _MANIFEST_TILE_COLUMNS = ("name", "slide", "x", "y", "class_idx", "class_name", "probability")
+
+
+def _constant_note(row: Any, method: str, value: float) -> str:
+    """The log's warning for a map that holds one value everywhere."""
+    why = (
+        "Grad-CAM keeps positive evidence only, and the layer holds none for this class here"
+        if method == "gradcam" and value == 0
+        else "the explained output does not change with the input here"
+    )
+    return (
+        f"warning: {row.name}: the {method} map of class {row.class_name!r} is {value:g} "
+        f"everywhere ({why}); maps.csv marks it constant"
+    )
 
 
 def _row_label(row: Any) -> str:
