@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: demo test lint format clean-demo
+.PHONY: demo test test-fast lint format clean-demo
 
 # Re-install only when the dependency list changes.
 $(STAMP): pyproject.toml
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# The inner loop: everything but the workflow runs, training, UMAP fits, TensorFlow and SLURM.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow and not slurm"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

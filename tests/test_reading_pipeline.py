@@ -279,21 +279,25 @@ def test_keep_freed_memory_reuses_big_blocks():
             x = x * 2 + 1
         return x
 
-    def page_faults() -> int:
+    def page_faults() -> float:
+        """Median page faults of one round: one round where the heap still had to grow
+        (a fragmented heap late in a test session) does not count."""
         work()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(5):
+        counts = []
+        for _ in range(7):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             work()
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+            counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return float(np.median(counts))
 
     with keep_freed_memory(False) as tuned:
         assert tuned is False
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("malloc tuning is for glibc")
     default = page_faults()
-    assert default > 100_000  # glibc maps and unmaps each 32 MiB tensor: 8,192 pages
+    assert default > 8_000  # glibc maps and unmaps 32 MiB tensors: 8,192 pages each
     with keep_freed_memory() as tuned:
         assert tuned is True
         kept = page_faults()
     assert kept < default / 10  # the freed blocks are reused
-    assert page_faults() > 100_000  # defaults are back
+    assert page_faults() > 8_000  # defaults are back

@@ -25,6 +25,9 @@ from histoatlas.errors import ConfigError, EmptyDatasetError, HistoatlasError
 from histoatlas.slidemap import SlideMap, apply_label, normalized_entropy
 from histoatlas.umap_fit import FittedUMAP, fit_umap, layout_frame, sample_per_group
 
+# fits UMAP on real features (numba compiles on first use)
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 MOPADI = REPO / ".." / "shared" / "testdata" / "features" / "mopadi"
 CLASSES = ["tumor", "stroma", "immune"]

@@ -30,11 +30,21 @@ def cli_options() -> set[str]:
 
 
 def rule_declarations() -> dict[str, str]:
-    """{rule name: its text} from workflow/rules/*.smk."""
+    """{rule name: its text} from workflow/rules/*.smk (rules inside an `if` block too)."""
     rules = {}
     for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
-        for match in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", smk.read_text(), re.M):
-            rules[match.group(1)] = match.group(2)
+        name, indent, body = None, 0, []
+        for line in smk.read_text().splitlines() + ["end"]:
+            depth = len(line) - len(line.lstrip())
+            if name is not None and (not line.strip() or depth > indent):
+                body.append(line)
+                continue
+            if name is not None:
+                rules[name] = "\n".join(body) + "\n"
+                name = None
+            match = re.match(r"^([ \t]*)rule (\w+):$", line)
+            if match:
+                name, indent, body = match.group(2), len(match.group(1)), []
     return rules
 
 
