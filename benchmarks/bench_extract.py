@@ -54,7 +54,7 @@ def children_cpu() -> float:
 
 def kept_tiles(slide, tile_um: float, n: int) -> np.ndarray:
     """``n`` kept tiles spread over the slide (real pixels for the model-only runs)."""
-    from histoatlas.wsi import WSI
+    from histoatlas.io.wsi import WSI
 
     with WSI(slide, 224, tile_um) as wsi:
         cand = wsi.candidates
@@ -70,7 +70,7 @@ def forward_only(
 
     On the CPU, under the same malloc setting as ``extract_slide`` (``keep_memory``).
     """
-    from histoatlas.extract import keep_freed_memory
+    from histoatlas.analysis.extract import keep_freed_memory
 
     bs = features.batch_size
 
@@ -89,7 +89,7 @@ def forward_only(
 
 
 def end_to_end(slide, loaded, args, **kwargs) -> dict:
-    from histoatlas.extract import extract_slide
+    from histoatlas.analysis.extract import extract_slide
 
     c0 = children_cpu()
     with Timer() as t, open(os.devnull, "w") as devnull:
@@ -110,9 +110,9 @@ def end_to_end(slide, loaded, args, **kwargs) -> dict:
 
 def split(slide, args) -> None:
     """Where the time outside the model goes, one core, no model."""
-    from histoatlas import tissue
-    from histoatlas.slide_h5 import write_slide_h5
-    from histoatlas.wsi import WSI
+    from histoatlas.io import tissue
+    from histoatlas.io.slide_h5 import write_slide_h5
+    from histoatlas.io.wsi import WSI
 
     with WSI(slide, 224, args.tile_um) as wsi:
         with Timer() as t:
@@ -213,7 +213,7 @@ def split(slide, args) -> None:
 
 def precision_check(loaded, tiles: np.ndarray, args, name: str) -> None:
     """Autocast speed against float32, and how far its activations are."""
-    from histoatlas.features import Features
+    from histoatlas.analysis.features import Features
 
     ref = Features(loaded, batch_size=args.batch_size)
     n = args.precision_tiles
@@ -244,9 +244,9 @@ def precision_check(loaded, tiles: np.ndarray, args, name: str) -> None:
 
 def check(slide, tiles: np.ndarray, args) -> None:
     """Same activations whichever way they are computed (the GPU path included)."""
-    from histoatlas.features import Features
-    from histoatlas.models import load_model
-    from histoatlas.slide_h5 import read_slide_h5
+    from histoatlas.analysis.features import Features
+    from histoatlas.backends import load_model
+    from histoatlas.io.slide_h5 import read_slide_h5
 
     loaded = load_model(model_dir("mobilenet_v3_large"), device=args.device)
     features = Features(loaded, batch_size=32)
@@ -268,8 +268,8 @@ def compare(slide, name: str, args, tiles: np.ndarray) -> None:
     """End to end against the model alone, alternated ``args.rounds`` times."""
     import torch
 
-    from histoatlas.features import Features
-    from histoatlas.models import load_model
+    from histoatlas.analysis.features import Features
+    from histoatlas.backends import load_model
 
     loaded = load_model(model_dir(name), device=args.device)
     on_cpu = args.device == "cpu"

@@ -25,7 +25,7 @@ def say(key: str, text: str, value) -> None:
 
 
 def selection(sizes: list[int], repeat: int) -> None:
-    from histoatlas.mosaic import select_tiles
+    from histoatlas.analysis.mosaic import select_tiles
 
     rng = np.random.default_rng(0)
     for how in ("nearest", "first"):
@@ -51,8 +51,8 @@ def selection(sizes: list[int], repeat: int) -> None:
 def composition(args) -> None:
     import pandas as pd
 
-    from histoatlas.mosaic import Mosaic
-    from histoatlas.wsi import WSI
+    from histoatlas.analysis.mosaic import Mosaic
+    from histoatlas.io.wsi import WSI
 
     rng = np.random.default_rng(1)
     n = 4 * 2500

@@ -42,7 +42,7 @@ def activations(n: int, dim: int = 512, seed: int = 0) -> np.ndarray:
 
 def one(n: int, pca: int | None, fit_max: int, budget: float) -> dict:
     """Run one size in this process; return its timings."""
-    from histoatlas.umap_fit import fit_umap, import_umap, sample_per_group
+    from histoatlas.analysis.umap_fit import fit_umap, import_umap, sample_per_group
 
     t = time.perf_counter()
     import_umap()

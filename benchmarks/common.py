@@ -127,7 +127,7 @@ class TissueSlide:
     def __init__(
         self, size: int, texture_px: np.ndarray, *, n_levels: int, box: int | None = None
     ) -> None:
-        from histoatlas.tiff import downsample2
+        from histoatlas.io.tiff import downsample2
 
         self.size, self.box = size, box
         period = np.concatenate([texture_px, texture_px[::-1]], axis=0)
@@ -180,7 +180,7 @@ def benchmark_slide(
     covers about 85 % of the slide, or only a centred ``box`` px square (fewer tiles,
     for models too slow for a whole slide on a CPU).
     """
-    from histoatlas.tiff import write_pyramid_tiff_tiles
+    from histoatlas.io.tiff import write_pyramid_tiff_tiles
 
     path = OUT / (f"slide_{size}.tiff" if box is None else f"slide_{size}_box{box}.tiff")
     if path.exists() and not force:
@@ -216,7 +216,7 @@ def model_dir(name: str, *, num_classes: int = 2) -> Path:
     """A model directory (params.json + state dict) of a torchvision architecture."""
     import torch
 
-    from histoatlas.models.torch_model import build_architecture
+    from histoatlas.backends.torch.model import build_architecture
 
     path = OUT / "models" / name
     if (path / "params.json").exists():

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from histoatlas.tiff import write_pyramid_tiff
+from histoatlas.io.tiff import write_pyramid_tiff
 
 TESTDATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata"
 
@@ -109,7 +109,7 @@ def make_synthetic_slide(
     texture : callable
         ``texture(height, width, rng) -> (height, width, 3) uint8``.
     n_levels, tile : int
-        Pyramid levels and TIFF tile edge, as :func:`histoatlas.tiff.write_pyramid_tiff`.
+        Pyramid levels and TIFF tile edge, as :func:`histoatlas.io.tiff.write_pyramid_tiff`.
     seed : int
         Seeds the texture.
 

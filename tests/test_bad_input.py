@@ -57,6 +57,7 @@ memory bounded per slide                   test_wsi::test_iter_batches_prefetch_
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import string
@@ -72,18 +73,20 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import histoatlas
-import histoatlas.models
-from histoatlas import wsi as wsi_module
+import histoatlas.backends
+from histoatlas.analysis.dataset import DatasetFeatures
 from histoatlas.atomic import atomic_output, is_partial, partial_path, remove_stale_partials
-from histoatlas.config import check_config, coerce_config
-from histoatlas.dataset import DatasetFeatures
+from histoatlas.backends.loading import check_model_path
+from histoatlas.backends.params import ModelParams
 from histoatlas.errors import ConfigError, ModelError, MPPError, SheetError, SlideError
-from histoatlas.extract import check_model_path, extract_slide
-from histoatlas.models.params import ModelParams
-from histoatlas.qc import COLUMNS, log_reason, slide_qc, summary_line, write_qc_summary
-from histoatlas.sheet import SLIDE_ID_PATTERN, check_sheet, check_slide_files, read_sheet
-from histoatlas.slide_h5 import read_slide_attrs, write_slide_h5
-from histoatlas.wsi import WSI
+from histoatlas.io import wsi as wsi_module
+from histoatlas.io.sheet import SLIDE_ID_PATTERN, check_sheet, check_slide_files, read_sheet
+from histoatlas.io.slide_h5 import read_slide_attrs, write_slide_h5
+from histoatlas.io.wsi import WSI
+from histoatlas.pipeline.config import check_config, coerce_config
+from histoatlas.pipeline.jobs import job_logging, read_status
+from histoatlas.pipeline.qc import COLUMNS, slide_qc, summary_line, write_qc_summary
+from tests.extracting import extract
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
@@ -199,12 +202,17 @@ def qc_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     features, logs = Path("results/features/fs"), Path("logs/extract_activations/fs")
     logs.mkdir(parents=True)
+    error = "SlideError: slide 's2': OpenSlide cannot open slides/s2.svs (bad); check it"
     write_h5(features / "ok.h5", "ok", 7, n_grid=256, n_candidates=9, n_kept=7, n_filtered=2)
     (logs / "ok.log").write_text("ok: wrote results/features/fs/ok.h5 (7 tiles); qc {...}\n")
+    (logs / "ok.status.json").write_text('{"status": "ok"}\n')
     write_h5(features / "old.h5", "old", 4)  # written before the counts were stored
     (logs / "failed.log").write_text(TRACEBACK)
+    (logs / "failed.status.json").write_text(json.dumps({"status": "failed", "error": error}))
+    # killed: the job started (its log exists), but wrote no status
     (logs / "killed.log").write_text("WSI('killed', ...)\nkilled: 1200/4096 tiles, 1100 kept\n")
     (logs / "removed.log").write_text("removed: wrote results/... (3 tiles); qc {'n_kept': 3}\n")
+    (logs / "removed.status.json").write_text('{"status": "ok"}\n')
     (features / "broken.h5").write_bytes(b"not hdf5")
     return tmp_path
 
@@ -235,7 +243,7 @@ def test_qc_table_statuses_counts_and_reasons(qc_dir):
         "SlideError: slide 's2': OpenSlide cannot open slides/s2.svs (bad); check it"
     )
     assert table.loc["killed", "error"] == (
-        "no error in the log: the job was killed or ran out of memory; its last line: "
+        "no outcome recorded: the job was killed or ran out of memory; its log's last line: "
         "killed: 1200/4096 tiles, 1100 kept"
     )
     assert "broken.h5 is not a readable HDF5 file" in table.loc["broken", "error"]
@@ -261,23 +269,46 @@ def test_write_qc_summary_writes_the_cohort_csv_atomically(qc_dir):
     ]
 
 
-def test_log_reason_reads_the_last_exception(tmp_path):
-    log = tmp_path / "x.log"
-    log.write_text("progress\n")
-    assert log_reason(log).endswith("its last line: progress")
-    log.write_text("")
-    assert log_reason(log).startswith("the job stopped before writing anything")
-    log.write_text("Traceback (most recent call last):\n  File 'x'\nKeyboardInterrupt\n")
-    assert log_reason(log) == "KeyboardInterrupt"
-    log.write_text("Traceback (most recent call last):\n  File 'x'\ntorch.OutOfMemoryError: CUDA\n")
-    assert log_reason(log) == "OutOfMemoryError: CUDA"
-    assert log_reason(tmp_path / "missing.log").startswith("cannot read log")
+def test_job_logging_writes_the_log_and_the_status(tmp_path):
+    import logging
+    import sys
+    from types import SimpleNamespace
+
+    class Logs(list):  # a Snakemake file list: by position and by name
+        def __init__(self, log, status):
+            super().__init__([log, status])
+            self.log, self.status = log, status
+
+    log, status = tmp_path / "job.log", tmp_path / "job.status.json"
+    status.write_text('{"status": "ok"}')  # a previous run's, removed when the job starts
+    smk = SimpleNamespace(log=Logs(str(log), str(status)))
+    stderr = sys.stderr
+    with pytest.raises(SlideError, match="cannot open"):
+        with job_logging(smk):
+            logging.getLogger("histoatlas.analysis.extract").info("tiling s2")
+            print("printed by a library", file=sys.stderr)
+            assert not status.exists()
+            raise SlideError("slide 's2': cannot open s2.svs")
+    assert sys.stderr is stderr  # restored
+    text = log.read_text().splitlines()
+    assert text[:2] == ["tiling s2", "printed by a library"]
+    assert "Traceback (most recent call last):" in text
+    assert text[-1] == "histoatlas.errors.SlideError: slide 's2': cannot open s2.svs"
+    assert read_status(status) == {
+        "status": "failed",
+        "error": "SlideError: slide 's2': cannot open s2.svs",
+    }
+    with job_logging(smk):
+        logging.getLogger("histoatlas").info("done")
+    assert read_status(status) == {"status": "ok"} and log.read_text() == "done\n"
+    logging.getLogger("histoatlas").info("after the job")  # no longer in the log
+    assert log.read_text() == "done\n"
 
 
 def test_extracted_file_carries_the_tile_counts(synthetic_slide, tmp_path):
     import torch
 
-    from histoatlas.models.architectures import demo_cnn
+    from histoatlas.backends.torch.architectures import demo_cnn
 
     slide = synthetic_slide("s1", size=(1024, 768), tissue=((256, 128, 768, 512),), n_levels=2)
     model = tmp_path / "model"
@@ -288,7 +319,7 @@ def test_extracted_file_carries_the_tile_counts(synthetic_slide, tmp_path):
         model / "params.json"
     )
     out = tmp_path / "fs" / "s1.h5"
-    qc = extract_slide(slide.path, out, model=model, tile_px=32, tile_um=64, num_workers=0)
+    qc = extract(slide.path, out, model=model, tile_px=32, tile_um=64, num_workers=0)
     attrs = read_slide_attrs(out)
     assert {k: attrs[k] for k in ("n_grid", "n_candidates", "n_kept", "n_filtered")} == {
         k: qc[k] for k in ("n_grid", "n_candidates", "n_kept", "n_filtered")
@@ -368,22 +399,22 @@ def test_slide_errors_come_before_the_model_loads(synthetic_slide, tmp_path, mon
     def no_loading(*args, **kwargs):
         raise AssertionError("the network was loaded before the slide was checked")
 
-    monkeypatch.setattr(histoatlas.models, "load_model", no_loading)
+    monkeypatch.setattr(histoatlas.backends, "load_model", no_loading)
     model = tmp_path / "model"
     model.mkdir()
     ModelParams(tile_px=32, tile_um=64).to_json(model / "params.json")
     out = tmp_path / "out.h5"
     kwargs = {"model": model, "tile_px": 32, "tile_um": 64}
     with pytest.raises(SlideError, match=r"slide 'ghost': file not found: .*ghost\.svs"):
-        extract_slide(tmp_path / "ghost.svs", out, **kwargs)
+        extract(tmp_path / "ghost.svs", out, **kwargs)
     nompp = synthetic_slide("nompp", mpp=None, size=(512, 512), tissue=(), n_levels=1)
     with pytest.raises(MPPError, match=r"slide 'nompp' .* has no MPP in the file"):
-        extract_slide(nompp.path, out, **kwargs)
+        extract(nompp.path, out, **kwargs)
     with pytest.raises(MPPError, match=r"slide 'nompp' .*mpp=-1\.0 \(given\)"):
-        extract_slide(nompp.path, out, mpp=-1.0, **kwargs)
+        extract(nompp.path, out, mpp=-1.0, **kwargs)
     # a model that does not fit fails first of all, even before the missing slide
     with pytest.raises(ModelError, match="trained on 32 px tiles"):
-        extract_slide(tmp_path / "ghost.svs", out, **{**kwargs, "tile_px": 64})
+        extract(tmp_path / "ghost.svs", out, **{**kwargs, "tile_px": 64})
     assert not out.exists()
 
 

@@ -10,7 +10,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from histoatlas.config import coerce_config
+from histoatlas.pipeline.config import coerce_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -78,7 +78,7 @@ def test_bad_values_are_refused_naming_the_key(config, culprit):
 
 
 def test_featureset_name_derives_from_model_and_tiling():
-    from histoatlas.config import featureset_name, model_label
+    from histoatlas.pipeline.config import featureset_name, model_label
 
     assert featureset_name(validated({}), SCHEMA) == "demo-224px-112um"
     uni = {"model": "/models/uni", "tiles": {"um": "20x"}}

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from histoatlas.dataset import DatasetFeatures, merge_dataset
+from histoatlas.analysis.dataset import DatasetFeatures, merge_dataset
 from histoatlas.errors import EmptyDatasetError, HistoatlasError
-from histoatlas.slide_h5 import write_slide_h5
+from histoatlas.io.slide_h5 import write_slide_h5
 
 CLASSES = ["tumor", "stroma"]
 

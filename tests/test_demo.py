@@ -6,9 +6,7 @@ One small cohort (two slides, built once per module from the real CMU-1 H&E slid
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,15 +18,12 @@ import pytest
 import tifffile
 
 from histoatlas.demo import CLASS_NAMES, build_demo_cohort, label_path_for, read_label_map
+from histoatlas.demo.data import collect_labelled_tiles, split_indices, training_inputs
 from histoatlas.demo.slides import synthesize_slide, write_label_map
 from histoatlas.demo.textures import load_texture_bank, read_he_source
-from histoatlas.demo.train import (
-    collect_labelled_tiles,
-    split_indices,
-    train_demo_model,
-    training_inputs,
-)
+from histoatlas.demo.train import train_demo_model
 from histoatlas.errors import SheetError, SlideError
+from tests.scripts import run_script
 
 # builds demo slides from real tissue and trains the demo CNN
 pytestmark = pytest.mark.slow
@@ -41,20 +36,6 @@ WHEEL_PLACES = (
     Path("/tmp/hl") / WHEEL_NAME,
 )
 SEED = 0
-
-
-def _run_script(name: str, smk) -> None:
-    """Run a rule script's ``main(smk)``; it redirects stderr to its log, undone here."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    stderr = sys.stderr
-    try:
-        module.main(smk)
-    finally:
-        if sys.stderr is not stderr:
-            sys.stderr.close()
-        sys.stderr = stderr
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +218,7 @@ def test_make_demo_slides_script_is_deterministic(cohort, cmu_svs, tmp_path):
         params=SimpleNamespace(seed=SEED),
         log=[str(tmp_path / "make.log")],
     )
-    _run_script("make_demo_slides", smk)
+    run_script("make_demo_slides", smk)
     assert out.read_bytes() == cohort.slides[0].read_bytes()
     assert labels.read_bytes() == label_path_for(cohort.slides[0]).read_bytes()
     sheet = pd.read_csv(tmp_path / "slides.csv")
@@ -334,9 +315,9 @@ def test_training_beats_chance_on_held_out_tiles(trained):
 def test_saved_model_loads_weights_only_and_reproduces_accuracy(trained):
     import torch
 
-    from histoatlas.models.architectures import demo_cnn
-    from histoatlas.models.params import ModelParams
-    from histoatlas.wsi import WSI
+    from histoatlas.backends.params import ModelParams
+    from histoatlas.backends.torch.architectures import demo_cnn
+    from histoatlas.io.wsi import WSI
 
     assert sorted(p.name for p in trained.out.iterdir()) == [
         "params.json",
@@ -383,7 +364,7 @@ def test_train_script_writes_the_model_directory(cohort, tmp_path):
         threads=2,
         log=[str(tmp_path / "train.log")],
     )
-    _run_script("train_demo_model", smk)
+    run_script("train_demo_model", smk)
     assert sorted(p.name for p in out.iterdir()) == ["params.json", "training.json", "weights.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "train.log"]
     assert json.loads((out / "params.json").read_text())["tile_px"] == 56
@@ -399,8 +380,8 @@ def test_histoatlas_loads_the_demo_model(trained):
     import torch
 
     from histoatlas import load_model
-    from histoatlas.models.architectures import demo_cnn
-    from histoatlas.wsi import WSI
+    from histoatlas.backends.torch.architectures import demo_cnn
+    from histoatlas.io.wsi import WSI
 
     loaded = load_model(trained.out, device="cpu")
     assert loaded.backend == "torch" and loaded.kind == "directory"

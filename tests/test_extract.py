@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
+import logging
 import os
 import signal
 import subprocess
@@ -18,15 +18,16 @@ import pytest
 import torch
 
 import histoatlas
+from histoatlas.analysis.features import Features
+from histoatlas.backends import load_model
+from histoatlas.backends.params import ModelParams
+from histoatlas.backends.torch.architectures import demo_cnn
 from histoatlas.errors import ConfigError, ModelError, SlideError
-from histoatlas.extract import extract_slide
-from histoatlas.features import Features
-from histoatlas.models import load_model
-from histoatlas.models.architectures import demo_cnn
-from histoatlas.models.params import ModelParams
+from histoatlas.io.slide_h5 import read_slide_h5
+from histoatlas.io.tiling import TileOptions
+from histoatlas.io.wsi import WSI
 from histoatlas.progress import Progress, format_seconds
-from histoatlas.slide_h5 import read_slide_h5
-from histoatlas.wsi import WSI
+from tests.extracting import extract
 
 TILE_PX, TILE_UM = 32, 64  # 128 level-0 px at 0.5 um/px
 SIZE = (1024, 768)  # an 8 x 6 grid
@@ -54,13 +55,13 @@ def slide(synthetic_slide):
 
 def run(slide_path, out_path, model, **kwargs):
     kwargs = {"tile_px": TILE_PX, "tile_um": TILE_UM, "num_workers": 2, **kwargs}
-    return extract_slide(slide_path, out_path, model=model, **kwargs)
+    return extract(slide_path, out_path, model=model, **kwargs)
 
 
-def test_extract_slide_end_to_end(slide, model_dir, tmp_path):
+def test_extract_slide_end_to_end(slide, model_dir, tmp_path, caplog):
     out = tmp_path / "features" / "s1.h5"
-    log = io.StringIO()
-    qc = run(slide.path, out, model_dir, layers=["block2", "postconv"], batch_size=4, log=log)
+    with caplog.at_level(logging.INFO, logger="histoatlas"):
+        qc = run(slide.path, out, model_dir, layers=["block2", "postconv"], batch_size=4)
 
     sf = read_slide_h5(out)
     wsi = WSI(slide.path, TILE_PX, TILE_UM)
@@ -115,7 +116,7 @@ def test_extract_slide_end_to_end(slide, model_dir, tmp_path):
     assert sf.coords_attrs["patch_size"] == TILE_PX
     assert sf.coords_attrs["patch_size_level0"] == 128
 
-    text = log.getvalue()
+    text = "\n".join(r.getMessage() for r in caplog.records)
     assert f"s1: done, {qc['n_candidates']}/{qc['n_candidates']} tiles in" in text
     assert f"wrote {out} ({n} tiles)" in text
     assert sorted(p.name for p in out.parent.iterdir()) == ["s1.h5"]  # no partial left
@@ -168,7 +169,7 @@ def test_blank_slide_gives_zero_tiles(synthetic_slide, model_dir, tmp_path):
 @pytest.mark.parametrize("where", ["model", "consumer"])
 def test_failed_extraction_leaves_no_file(slide, model_dir, tmp_path, monkeypatch, where):
     calls = []
-    target, name = (Features, "run_tiles") if where == "model" else (Progress, "set")
+    target, name = (Features, "_forward") if where == "model" else (Progress, "set")
     original = getattr(target, name)
 
     def fail_on_second_call(self, *args, **kwargs):
@@ -210,16 +211,19 @@ def test_killed_extraction_leaves_no_file(slide, model_dir, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time
-        from histoatlas.features import Features
-        from histoatlas.extract import extract_slide
-        run_tiles = Features.run_tiles
-        def slow(self, tiles):
+        from histoatlas.analysis.features import Features
+        import logging
+        from histoatlas.analysis.extract import RunOptions, extract_slide
+        from histoatlas.io.tiling import TileOptions
+        logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+        forward = Features._forward
+        def slow(self, x):
             time.sleep(0.5)
-            return run_tiles(self, tiles)
-        Features.run_tiles = slow
+            return forward(self, x)
+        Features._forward = slow
         extract_slide({str(slide.path)!r}, {str(out)!r}, model={str(model_dir)!r},
-                      tile_px={TILE_PX}, tile_um={TILE_UM}, batch_size=2,
-                      log=sys.stdout, progress_every=0)
+                      tiles=TileOptions(px={TILE_PX}, um={TILE_UM}),
+                      run=RunOptions(batch_size=2, progress_every=0))
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -253,8 +257,8 @@ def test_tile_px_mismatch(slide, model_dir, tmp_path):
 
 
 def test_bad_options_are_config_errors(slide, model_dir, tmp_path):
-    with pytest.raises(ConfigError, match=r"tissue option\(s\) \['otsu_level'\] unknown"):
-        run(slide.path, tmp_path / "a.h5", model_dir, tissue={"otsu_level": 3})
+    with pytest.raises(TypeError, match="otsu_level"):
+        TileOptions(px=32, um=64, otsu_level=3)
     with pytest.raises(ConfigError, match="tile_um='big'"):
         run(slide.path, tmp_path / "b.h5", model_dir, tile_um="big")
     assert not list(tmp_path.iterdir())
@@ -269,30 +273,28 @@ def test_tissue_options_reach_the_wsi(slide, model_dir, tmp_path):
 
 def test_progress_lines_are_throttled(monkeypatch):
     now = [100.0]
-    out = io.StringIO()
-    p = Progress(1000, stream=out, label="s1", every=5, clock=lambda: now[0])
+    out = []
+    p = Progress(1000, label="s1", every=5, clock=lambda: now[0], write=out.append)
     for _ in range(10):  # 1 s and 50 tiles per step
         now[0] += 1
         p.update(50, note="40 kept")
-    lines = out.getvalue().splitlines()
+    lines = list(out)
     assert lines == [
         "s1: 250/1000 tiles (25%), 40 kept, 50.0 tiles/s, ETA 15s",
         "s1: 500/1000 tiles (50%), 40 kept, 50.0 tiles/s, ETA 10s",
     ]
     now[0] += 2
     p.close(done=1000)
-    assert (
-        out.getvalue().splitlines()[-1]
-        == "s1: done, 1000/1000 tiles in 12s (83.3 tiles/s), 40 kept"
-    )
+    assert out[-1] == "s1: done, 1000/1000 tiles in 12s (83.3 tiles/s), 40 kept"
 
 
-def test_progress_defaults_to_stderr(capsys):
-    p = Progress(0, label="", every=0, clock=lambda: 1.0)
-    p.set(0)
-    p.close()
-    err = capsys.readouterr().err.splitlines()
-    assert err == ["0/0 tiles (100%), 0.0 tiles/s, ETA ?", "done, 0/0 tiles in 0s (0.0 tiles/s)"]
+def test_progress_goes_to_the_logger(caplog):
+    with caplog.at_level(logging.INFO, logger="histoatlas.progress"):
+        p = Progress(0, label="", every=0, clock=lambda: 1.0)
+        p.set(0)
+        p.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "histoatlas.progress"]
+    assert lines == ["0/0 tiles (100%), 0.0 tiles/s, ETA ?", "done, 0/0 tiles in 0s (0.0 tiles/s)"]
 
 
 def test_format_seconds():
@@ -304,35 +306,43 @@ def test_format_seconds():
     ]
 
 
-def test_env_batch_size_reaches_extract(slide, model_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("HISTOATLAS_BATCH_SIZE", "3")
+def test_batch_size_reaches_extract(slide, model_dir, tmp_path, monkeypatch):
     sizes = []
-    run_tiles = Features.run_tiles
-    monkeypatch.setattr(
-        Features, "run_tiles", lambda self, t: sizes.append(len(t)) or run_tiles(self, t)
-    )
-    qc = run(slide.path, tmp_path / "s1.h5", model_dir)
-    assert max(sizes) == 3 and sum(sizes) == qc["n_kept"]
+    monkeypatch.setattr(Features, "_forward", _counting(Features._forward, sizes))
+    qc = run(slide.path, tmp_path / "s1.h5", model_dir, batch_size=3)
+    assert sizes[0] == 1  # the probe of the layers' widths, one blank tile
+    assert max(sizes[1:]) == 3 and sum(sizes[1:]) == qc["n_kept"]
 
 
-def test_cpu_threads_leave_cores_to_readers(monkeypatch):
-    from histoatlas.extract import cpu_threads_beside_readers
+def _counting(forward, sizes):
+    def counted(self, x):
+        sizes.append(len(x))
+        return forward(self, x)
 
+    return counted
+
+
+def test_cpu_threads_leave_cores_to_readers(model_dir, monkeypatch):
+    from histoatlas.backends import load_model
+
+    model = load_model(model_dir, device="cpu")
     before = torch.get_num_threads()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     torch.set_num_threads(16)
     try:
-        with cpu_threads_beside_readers("cpu", 4) as threads:
+        with model.cpu_threads(4) as threads:
             assert threads == torch.get_num_threads() == 12
         assert torch.get_num_threads() == 16  # restored
-        with cpu_threads_beside_readers("cpu", None) as threads:
+        with model.cpu_threads(None) as threads:
             assert threads == 12  # WSI's default: 4 readers
-        with cpu_threads_beside_readers("cpu", 12) as threads:
+        with model.cpu_threads(12) as threads:
             assert threads == 8  # readers get at most half the cores
-        with cpu_threads_beside_readers("cuda", 4) as threads:
-            assert threads == torch.get_num_threads() == 16  # the GPU runs the model
+        model.device = "cuda"  # a model on the GPU keeps every thread
+        with model.cpu_threads(4) as threads:
+            assert threads == torch.get_num_threads() == 16
+        model.device = "cpu"
         torch.set_num_threads(2)
-        with cpu_threads_beside_readers("cpu", 4) as threads:
+        with model.cpu_threads(4) as threads:
             assert threads == 2  # never raised
     finally:
         torch.set_num_threads(before)

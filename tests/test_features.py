@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from histoatlas.analysis.features import Features, resolve_batch_size
+from histoatlas.backends import load_model
+from histoatlas.backends.base import LoadedModel
+from histoatlas.backends.params import ModelParams
+from histoatlas.backends.torch.architectures import demo_cnn
+from histoatlas.backends.torch.model import TorchModel
 from histoatlas.errors import ConfigError, LayerError
-from histoatlas.features import Features, prefetch, resolve_batch_size
-from histoatlas.models import load_model
-from histoatlas.models.architectures import demo_cnn
-from histoatlas.models.loaded import LoadedModel
-from histoatlas.models.params import ModelParams
-from histoatlas.models.torch_model import TorchModel
+from histoatlas.prefetch import prefetch
 
 TILE = 32
 
@@ -259,17 +260,11 @@ def test_sizes_known_before_any_call(model):
     assert f.layer_slices == {"block2": (0, 16), "output": (16, 19)}
 
 
-def test_batch_size_defaults_and_env(model, monkeypatch):
-    monkeypatch.delenv("HISTOATLAS_BATCH_SIZE", raising=False)
+def test_batch_size_defaults(model):
     assert Features(model).batch_size == 32  # CPU
     assert resolve_batch_size(None, "cuda:0") == 128
     assert resolve_batch_size(None, "mps") == 64
-    monkeypatch.setenv("HISTOATLAS_BATCH_SIZE", "7")
-    assert Features(model).batch_size == 7
-    assert Features(model, batch_size=3).batch_size == 3  # the argument wins
-    monkeypatch.setenv("HISTOATLAS_BATCH_SIZE", "lots")
-    with pytest.raises(ConfigError, match="HISTOATLAS_BATCH_SIZE='lots'"):
-        Features(model)
+    assert Features(model, batch_size=3).batch_size == 3
     with pytest.raises(ConfigError, match="batch_size must be at least 1, got 0"):
         resolve_batch_size(0, "cpu")
 

@@ -22,23 +22,24 @@ import numpy as np
 import pytest
 import torch
 
-from histoatlas.errors import ConfigError, LayerError, ModelError
-from histoatlas.extract import extract_slide
-from histoatlas.features import Features
-from histoatlas.models import load_model
-from histoatlas.models.architectures import demo_cnn
-from histoatlas.models.keras_architectures import copy_torch_weights, demo_cnn_keras
-from histoatlas.models.keras_model import (
+from histoatlas.analysis.features import Features
+from histoatlas.backends import load_model
+from histoatlas.backends.base import file_sha256
+from histoatlas.backends.keras.architectures import copy_torch_weights, demo_cnn_keras
+from histoatlas.backends.keras.model import (
     KerasModel,
     directory_sha256,
     import_tensorflow,
     resolve_device,
 )
-from histoatlas.models.loaded import file_sha256
-from histoatlas.models.loading import model_backend
-from histoatlas.models.params import ModelParams
+from histoatlas.backends.loading import model_backend
+from histoatlas.backends.params import ModelParams
+from histoatlas.backends.torch.architectures import demo_cnn
+from histoatlas.errors import ConfigError, LayerError, ModelError
+from histoatlas.io.wsi import WSI
 from histoatlas.saliency import METHODS, SaliencyMap
-from histoatlas.wsi import WSI
+from tests.extracting import extract
+from tests.scripts import run_script
 
 TILE = 64
 CLASSES = ("a", "b", "c")
@@ -191,8 +192,8 @@ def test_features_on_a_slide_match_torch(twins, synthetic_slide):
 def test_extracted_slide_files_have_the_torch_layout(twins, synthetic_slide, tmp_path):
     slide = synthetic_slide("k2", size=(1024, 768), tissue=TISSUE, n_levels=2)
     kwargs = dict(layers=["block3", "postconv"], tile_px=TILE, tile_um=32, num_workers=2)
-    extract_slide(slide.path, tmp_path / "t.h5", model=twins.torch, **kwargs)
-    extract_slide(slide.path, tmp_path / "k.h5", model=twins.keras, **kwargs)
+    extract(slide.path, tmp_path / "t.h5", model=twins.torch, **kwargs)
+    extract(slide.path, tmp_path / "k.h5", model=twins.keras, **kwargs)
     with h5py.File(tmp_path / "t.h5") as t, h5py.File(tmp_path / "k.h5") as k:
         assert sorted(k) == sorted(t) == ["coords", "features", "grid", "predictions"]
         for name in t:
@@ -558,11 +559,12 @@ def test_torch_runs_never_import_tensorflow(twins, synthetic_slide, tmp_path):
         f"""
         import sys
         import numpy as np
-        from histoatlas.extract import extract_slide
-        from histoatlas.models import load_model
+        from histoatlas.analysis.extract import extract_slide
+        from histoatlas.backends import load_model
+        from histoatlas.io.tiling import TileOptions
         from histoatlas.saliency import SaliencyMap
         extract_slide({str(slide.path)!r}, {str(tmp_path / "s.h5")!r},
-                      model={str(twins.torch)!r}, tile_px={TILE}, tile_um=32)
+                      model={str(twins.torch)!r}, tiles=TileOptions(px={TILE}, um=32))
         model = load_model({str(twins.torch)!r})
         SaliencyMap(model, 0).gradcam(np.zeros(({TILE}, {TILE}, 3), np.float32))
         print(sorted(m for m in ("tensorflow", "keras", "tf_keras") if m in sys.modules))
@@ -586,11 +588,12 @@ def test_keras_runs_need_no_torch(twins, synthetic_slide, tmp_path):
                     raise ImportError(name + " is not installed here")
         sys.meta_path.insert(0, NoTorch())
         import numpy as np
-        from histoatlas.extract import extract_slide
-        from histoatlas.models import load_model
+        from histoatlas.analysis.extract import extract_slide
+        from histoatlas.backends import load_model
+        from histoatlas.io.tiling import TileOptions
         from histoatlas.saliency import SaliencyMap
         extract_slide({str(slide.path)!r}, {str(tmp_path / "s.h5")!r},
-                      model={str(twins.keras)!r}, tile_px={TILE}, tile_um=32)
+                      model={str(twins.keras)!r}, tiles=TileOptions(px={TILE}, um=32))
         model = load_model({str(twins.keras)!r})
         masks = SaliencyMap(model, 0).all(np.zeros(({TILE}, {TILE}, 3), np.float32),
                                           methods=["vanilla", "gradcam"])
@@ -610,7 +613,7 @@ def test_tensorflow_beside_torch_threads_and_triton():
         """
         import os, torch
         torch.set_num_threads(3)
-        from histoatlas.models.keras_model import import_tensorflow
+        from histoatlas.backends.keras.model import import_tensorflow
         tf = import_tensorflow()
         t = tf.config.threading
         print(os.environ["TF_CPP_MIN_LOG_LEVEL"], t.get_intra_op_parallelism_threads(),
@@ -641,25 +644,10 @@ def test_tensorflow_grows_gpu_memory_beside_torch(tf):
 # -- the demo in Keras -------------------------------------------------------------------
 
 
-def _run_script(name: str, smk) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "workflow/scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    stderr = sys.stderr
-    try:
-        module.main(smk)
-    finally:
-        if sys.stderr is not stderr:
-            sys.stderr.close()
-        sys.stderr = stderr
-
-
 def test_demo_backend_tensorflow_trains_a_keras_model(tmp_path, tf):
     """The demo rule's script with demo.backend tensorflow: a model.keras that histoatlas reads."""
     from histoatlas.demo.slides import label_path_for, write_label_map
-    from histoatlas.tiff import write_pyramid_tiff
+    from histoatlas.io.tiff import write_pyramid_tiff
 
     rng = np.random.default_rng(0)
     image = np.full((640, 1152, 3), 250, np.uint8)  # white glass around two tissue classes
@@ -683,7 +671,7 @@ def test_demo_backend_tensorflow_trains_a_keras_model(tmp_path, tf):
         threads=2,
         log=[str(tmp_path / "train.log")],
     )
-    _run_script("train_demo_model", smk)
+    run_script("train_demo_model", smk)
     assert sorted(p.name for p in out.iterdir()) == ["model.keras", "params.json", "training.json"]
     params = ModelParams.from_json(out / "params.json")
     assert (params.backend, params.weights, params.class_names) == (

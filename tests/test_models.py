@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from histoatlas.analysis.features import Features
+from histoatlas.backends import LoadedModel, get_preprocess_fn, load_model
+from histoatlas.backends.params import ModelParams
+from histoatlas.backends.torch.architectures import demo_cnn
+from histoatlas.backends.torch.loading import build_architecture, is_torchscript
+from histoatlas.backends.torch.model import resolve_device
 from histoatlas.errors import ConfigError, LayerError, ModelError
-from histoatlas.features import Features
-from histoatlas.models import LoadedModel, get_preprocess_fn, load_model
-from histoatlas.models.architectures import demo_cnn
-from histoatlas.models.params import ModelParams
-from histoatlas.models.torch_model import build_architecture, is_torchscript, resolve_device
 
 TILE = 32
 MEAN, STD = (0.7, 0.5, 0.6), (0.2, 0.25, 0.3)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,11 +10,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from histoatlas.analysis.mosaic import Mosaic, grid_cells, select_tiles, unit_square
+from histoatlas.analysis.slidemap import SlideMap
 from histoatlas.errors import ConfigError, EmptyDatasetError, HistoatlasError
-from histoatlas.mosaic import Mosaic, grid_cells, select_tiles, unit_square
-from histoatlas.slidemap import SlideMap
-from histoatlas.tiff import write_pyramid_tiff
-from histoatlas.wsi import WSI
+from histoatlas.io.tiff import write_pyramid_tiff
+from histoatlas.io.wsi import WSI
+from tests.scripts import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 MPP = 0.5
@@ -249,18 +248,11 @@ def test_render_mosaic_script(slide, tmp_path, monkeypatch):
             coords=str(tmp_path / "coords.parquet"), slides=str(tmp_path / "slides.parquet")
         ),
         output=SimpleNamespace(png=str(out / "mosaic.png"), manifest=str(out / "mosaic.parquet")),
-        params=SimpleNamespace(mosaic={"num_tiles_x": 6, "tile_select": "first", "tile_px": 20}),
+        params=SimpleNamespace(num_tiles_x=6, tile_select="first", tile_px=20),
         threads=2,
         log=[str(tmp_path / "render_mosaic.log")],
     )
-    spec = importlib.util.spec_from_file_location(
-        "script_render_mosaic", REPO / "workflow" / "scripts" / "render_mosaic.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "stderr", sys.stderr)
-    module.main(smk)
-    sys.stderr.close()
+    run_script("render_mosaic", smk)
     assert Image.open(out / "mosaic.png").size == (120, 120)
     manifest = pd.read_parquet(out / "mosaic.parquet")
     grid = select_tiles(coords, 6, tile_select="first")

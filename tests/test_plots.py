@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,9 +14,9 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
+from histoatlas.analysis.plotting import MISSING_LABEL, is_categorical, plot_umap, umap_figure
+from histoatlas.analysis.slidemap import SlideMap
 from histoatlas.errors import HistoatlasError
-from histoatlas.plotting import MISSING_LABEL, is_categorical, plot_umap, umap_figure
-from histoatlas.slidemap import SlideMap
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -181,6 +180,7 @@ def run_plot(label, dataset, umap, out, monkeypatch):
         input=SimpleNamespace(
             coords=str(umap / "coords.parquet"),
             tiles=str(dataset / "tiles.parquet"),
+            slides=str(dataset / "slides.parquet"),
             features=str(dataset / "features.h5"),
         ),
         output=SimpleNamespace(png=str(out / f"umap_{label}.png")),
@@ -188,11 +188,7 @@ def run_plot(label, dataset, umap, out, monkeypatch):
         wildcards=SimpleNamespace(cohort="demo", label=label),
         log=[str(out / f"plot_umap_{label}.log")],
     )
-    monkeypatch.setattr(sys, "stderr", sys.stderr)
-    try:
-        module.main(smk)
-    finally:
-        sys.stderr.close()
+    module.main(smk)
     return Path(smk.output.png)
 
 

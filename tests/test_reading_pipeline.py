@@ -13,15 +13,15 @@ import openslide
 import pytest
 import torch
 
+from histoatlas.analysis.features import Features
+from histoatlas.backends import load_model
+from histoatlas.backends.params import ModelParams
+from histoatlas.backends.torch.architectures import demo_cnn
 from histoatlas.errors import ConfigError, TileReadError
-from histoatlas.extract import extract_slide
-from histoatlas.features import Features
-from histoatlas.models import load_model
-from histoatlas.models.architectures import demo_cnn
-from histoatlas.models.params import ModelParams
-from histoatlas.slide_h5 import read_slide_h5
-from histoatlas.tiff import write_pyramid_tiff_tiles
-from histoatlas.wsi import WSI
+from histoatlas.io.slide_h5 import read_slide_h5
+from histoatlas.io.tiff import write_pyramid_tiff_tiles
+from histoatlas.io.wsi import WSI
+from tests.extracting import extract
 
 FORK = "fork" in multiprocessing.get_all_start_methods()
 
@@ -156,7 +156,7 @@ def test_wsi_pickles_without_its_handle(slide):
 
 
 def _extract(slide, model_dir, out, **kwargs):
-    qc = extract_slide(slide.path, out, model=model_dir, tile_px=32, tile_um=64, **kwargs)
+    qc = extract(slide.path, out, model=model_dir, tile_px=32, tile_um=64, **kwargs)
     return qc, read_slide_h5(out)
 
 
@@ -181,11 +181,11 @@ def test_extract_schedules_agree(slide, model_dir, tmp_path, kwargs):
 def test_cpu_extraction_keeps_every_core_for_the_model(slide, model_dir, tmp_path, monkeypatch):
     # reading takes turns with the model, so torch's threads are never lowered
     seen = []
-    run_tiles = Features.run_tiles
+    forward = Features._forward
     monkeypatch.setattr(
         Features,
-        "run_tiles",
-        lambda self, t: seen.append(torch.get_num_threads()) or run_tiles(self, t),
+        "_forward",
+        lambda self, x: seen.append(torch.get_num_threads()) or forward(self, x),
     )
     before = torch.get_num_threads()
     _extract(slide, model_dir, tmp_path / "a.h5", num_workers=4, device="cpu")
@@ -271,7 +271,7 @@ def test_keep_freed_memory_reuses_big_blocks():
     import platform
     import resource
 
-    from histoatlas.extract import keep_freed_memory
+    from histoatlas.runtime import keep_freed_memory
 
     def work():  # like a forward pass: big tensors made and freed in turn
         x = torch.ones(2**23)  # 32 MiB

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from histoatlas import tissue
 from histoatlas.errors import MPPError, SlideError, TileReadError
-from histoatlas.wsi import WSI
+from histoatlas.io import tissue
+from histoatlas.io.wsi import WSI
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide"}
 NOT_SLIDES = {"broken", "features", "models", "tiles"}

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from histoatlas.errors import SheetError
-from histoatlas.sheet import (
+from histoatlas.io.sheet import (
     check_cohort_sheet,
     check_sheet,
     label_columns,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import histoatlas
-from histoatlas import slide_h5
 from histoatlas.errors import HistoatlasError
-from histoatlas.slide_h5 import FILE_ATTRS, read_slide_h5, write_slide_h5
+from histoatlas.io import slide_h5
+from histoatlas.io.slide_h5 import FILE_ATTRS, read_slide_h5, write_slide_h5
 
 
 def make_attrs(**overrides) -> dict:

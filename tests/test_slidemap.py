@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from histoatlas.dataset import DatasetFeatures
+from histoatlas.analysis.dataset import DatasetFeatures
+from histoatlas.analysis.slidemap import SlideMap, apply_label, normalized_entropy
+from histoatlas.analysis.umap_fit import FittedUMAP, fit_umap, layout_frame, sample_per_group
 from histoatlas.errors import ConfigError, EmptyDatasetError, HistoatlasError
-from histoatlas.slidemap import SlideMap, apply_label, normalized_entropy
-from histoatlas.umap_fit import FittedUMAP, fit_umap, layout_frame, sample_per_group
 
 # fits UMAP on real features (numba compiles on first use)
 pytestmark = pytest.mark.slow
@@ -94,24 +94,16 @@ def write_dataset_dir(folder: Path, dataset: DatasetFeatures) -> Path:
 
 
 def run_script(name: str, smk, monkeypatch) -> None:
-    """Run workflow/scripts/<name>.py's main(smk), undoing its stderr/logging changes."""
+    """Run workflow/scripts/<name>.py's main(smk), with UMAP's epochs cut to 30 (speed)."""
+    from histoatlas.analysis import umap_fit
+
+    monkeypatch.setitem(umap_fit.DEFAULT_UMAP, "n_epochs", 30)
     spec = importlib.util.spec_from_file_location(
         f"script_{name}", REPO / "workflow" / "scripts" / f"{name}.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    monkeypatch.setattr(sys, "stderr", sys.stderr)
-    try:
-        module.main(smk)
-    finally:
-        for handler in root.handlers:
-            if handler not in handlers:
-                root.removeHandler(handler)
-                handler.close()
-        root.setLevel(level)
-        sys.stderr.close()
+    module.main(smk)
 
 
 def sha256(path: Path) -> str:
@@ -196,7 +188,7 @@ def test_too_few_tiles_to_fit_is_a_clear_error():
 def test_small_cohort_clamps_n_neighbors_with_warning_and_pca(caplog):
     rng = np.random.default_rng(0)
     features = rng.normal(size=(12, 32)).astype(np.float32)
-    with caplog.at_level(logging.WARNING, logger="histoatlas.umap_fit"):
+    with caplog.at_level(logging.WARNING, logger="histoatlas.analysis.umap_fit"):
         fitted, coords = fit_umap(features, pca_dim=5, n_epochs=20)
     assert "n_neighbors=50" in caplog.text and "n_neighbors=11" in caplog.text
     assert fitted.params["n_neighbors"] == 11
@@ -395,7 +387,7 @@ def test_load_refuses_a_map_of_another_dataset(fitted_map, tmp_path):
 def fit_smk(dataset_dir: Path, out: Path, **umap):
     settings = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine"}
     settings |= {"max_tiles_per_slide": 100, "pca_dim": None, "seed": 0, "reference": None}
-    settings |= {"n_epochs": 30, **umap}
+    settings |= umap
     return SimpleNamespace(
         input=SimpleNamespace(
             tiles=str(dataset_dir / "tiles.parquet"),
@@ -403,7 +395,7 @@ def fit_smk(dataset_dir: Path, out: Path, **umap):
             features=str(dataset_dir / "features.h5"),
         ),
         output=SimpleNamespace(umap=str(out / "umap.joblib"), coords=str(out / "coords.parquet")),
-        params=SimpleNamespace(umap=settings),
+        params=SimpleNamespace(**settings),
         log=[str(out / "fit_umap.log")],
     )
 
@@ -443,7 +435,7 @@ def test_fit_umap_script_fits_then_projects_onto_reference(mopadi, tmp_path, mon
 
 def test_import_umap_keeps_tensorflow_out():
     code = (
-        "import sys, os; from histoatlas.umap_fit import import_umap; import_umap(); "
+        "import sys, os; from histoatlas.analysis.umap_fit import import_umap; import_umap(); "
         "print('tensorflow' in sys.modules, bool(os.environ.get('NUMBA_CACHE_DIR')))"
     )
     result = subprocess.run(

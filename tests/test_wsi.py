@@ -9,10 +9,10 @@ import openslide
 import pytest
 from PIL import Image
 
-from histoatlas import tissue
 from histoatlas.errors import ConfigError, MPPError, SlideError, TileReadError
-from histoatlas.tiff import write_pyramid_tiff
-from histoatlas.wsi import WSI, TileBatch, parse_tile_um
+from histoatlas.io import tissue
+from histoatlas.io.tiff import write_pyramid_tiff
+from histoatlas.io.wsi import WSI, TileBatch, parse_tile_um
 
 # The default synthetic slide: 2048 x 1536 px at 0.5 um/px, three pyramid levels
 # (downsample 1, 2, 4) and tissue on two grid-aligned rectangles. tile_um=64 gives

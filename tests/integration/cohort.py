@@ -45,9 +45,9 @@ def write_cohort(directory: Path, slides: list[str]) -> None:
     """Write slides, sheet, model and config of the tiny cohort into ``directory``."""
     import torch
 
-    from histoatlas.models.architectures import demo_cnn
-    from histoatlas.models.params import ModelParams
-    from histoatlas.tiff import write_pyramid_tiff
+    from histoatlas.backends.params import ModelParams
+    from histoatlas.backends.torch.architectures import demo_cnn
+    from histoatlas.io.tiff import write_pyramid_tiff
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.yaml").write_text(yaml.safe_dump(tiny_config(), sort_keys=False))
@@ -75,7 +75,7 @@ def write_sheet(directory: Path, slides: list[str]) -> None:
 
 def add_slide(directory: Path, slide: str, seed: int) -> None:
     """Append one slide to the cohort's sheet (writing its file)."""
-    from histoatlas.tiff import write_pyramid_tiff
+    from histoatlas.io.tiff import write_pyramid_tiff
 
     write_pyramid_tiff(directory / "slides" / f"{slide}.tiff", tissue_slide(seed), mpp=0.5)
     with open(directory / "slides.csv", "a") as fh:

@@ -22,7 +22,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from histoatlas.tiff import write_pyramid_tiff
+from histoatlas.io.tiff import write_pyramid_tiff
 from tests.integration.cohort import (
     SNAKEFILE,
     job_counts,

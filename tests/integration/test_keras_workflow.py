@@ -42,9 +42,9 @@ def to_keras_model_dir(directory) -> None:
     """Replace the cohort's torch model directory by its Keras twin (model.keras)."""
     import torch
 
-    from histoatlas.models.architectures import demo_cnn
-    from histoatlas.models.keras_architectures import copy_torch_weights, demo_cnn_keras
-    from histoatlas.models.params import ModelParams
+    from histoatlas.backends.keras.architectures import copy_torch_weights, demo_cnn_keras
+    from histoatlas.backends.params import ModelParams
+    from histoatlas.backends.torch.architectures import demo_cnn
 
     model = directory / "model"
     params = ModelParams.from_json(model / "params.json")

@@ -108,7 +108,7 @@ def test_every_format_is_extracted_with_its_mpp(real_run):
 
 
 def test_the_model_saw_openslide_s_pixels(real_run):
-    from histoatlas.features import Features
+    from histoatlas.analysis.features import Features
 
     features = Features(real_run / "model", ["block3", "postconv"], include_preds=False)
     rng = np.random.default_rng(0)

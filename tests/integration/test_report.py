@@ -241,7 +241,7 @@ def test_each_job_imports_only_what_its_conda_env_provides(finished):
 def test_another_cohort_runs_beside_the_first(tiny_run, tmp_path):
     directory = copy_run(tiny_run, tmp_path / "tiny")
     first = {p: p.stat().st_mtime_ns for p in (directory / "results").rglob("*") if p.is_file()}
-    from histoatlas.tiff import write_pyramid_tiff
+    from histoatlas.io.tiff import write_pyramid_tiff
 
     write_pyramid_tiff(directory / "slides" / "s4.tiff", tissue_slide(7), mpp=0.5)
     (directory / "other.csv").write_text(

@@ -44,7 +44,7 @@ def dry_run(directory, *args):
 
 def palette_pixels(png, n_colours: int) -> list[int]:
     """Pixels of each of the first ``n_colours`` + 1 palette colours in a UMAP plot."""
-    from histoatlas.plotting import qualitative_colours
+    from histoatlas.analysis.plotting import qualitative_colours
 
     rgb = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3).astype(int)
     counts = []
@@ -59,8 +59,8 @@ def pre_relu_gradcam(directory, row) -> np.ndarray:
     fc weights (the mean gradient of a logit after global average pooling, up to 1 / (h w))."""
     import torch
 
-    from histoatlas.models import load_model
-    from histoatlas.wsi import WSI
+    from histoatlas.backends import load_model
+    from histoatlas.io.wsi import WSI
 
     model = load_model(directory / "model")
     with WSI(directory / "slides" / f"{row.slide}.tiff", 64, 32) as wsi:

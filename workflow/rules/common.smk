@@ -7,11 +7,12 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from histoatlas.config import check_config, coerce_config, featureset_name  # noqa: E402
+from histoatlas.backends.loading import check_model_path, model_backend  # noqa: E402
 from histoatlas.errors import HistoatlasError, ModelError  # noqa: E402
-from histoatlas.extract import check_model_path  # noqa: E402
-from histoatlas.qc import summary_line, write_qc_summary  # noqa: E402
-from histoatlas.sheet import check_cohort_sheet, read_sheet  # noqa: E402
+from histoatlas.io.sheet import check_cohort_sheet, read_sheet  # noqa: E402
+from histoatlas.pipeline import paths  # noqa: E402
+from histoatlas.pipeline.config import check_config, coerce_config, featureset_name  # noqa: E402
+from histoatlas.pipeline.qc import summary_line, write_qc_summary  # noqa: E402
 
 import yaml  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
@@ -127,7 +128,7 @@ wildcard_constraints:
 
 def slide_h5(slide):
     """Per-slide activations file of the configured featureset."""
-    return f"results/features/{FEATURESET}/{slide}.h5"
+    return paths.SLIDE_H5.format(featureset=FEATURESET, slide=slide)
 
 
 def cohort_h5_files(wildcards):
@@ -160,8 +161,6 @@ def model_files(wildcards):
 def model_env(wildcards):
     """Conda env (`--sdm conda`) of the rules that run the model: envs/torch.yaml or
     envs/tensorflow.yaml, as the model's backend needs (relative to workflow/rules/)."""
-    from histoatlas.models.loading import model_backend
-
     if USES_DEMO_MODEL:  # built by train_demo_model, maybe not yet
         return demo_model_env(wildcards)
     return f"../../envs/{model_backend(config['model'])}.yaml"
@@ -174,11 +173,7 @@ def demo_model_env(wildcards):
 
 def dataset_files(cohort):
     """The merged dataset table of a cohort."""
-    return {
-        "tiles": f"results/{cohort}/dataset/tiles.parquet",
-        "slides": f"results/{cohort}/dataset/slides.parquet",
-        "features": f"results/{cohort}/dataset/features.h5",
-    }
+    return {name: path.format(cohort=cohort) for name, path in paths.DATASET.items()}
 
 
 def dataset_inputs(wildcards):
@@ -221,6 +216,12 @@ def saliency_method_params():
     }
 
 
+def batch_size_resource(wildcards):
+    """features.batch_size as a resource (0: the default of the device); resources, unlike
+    params, trigger no rerun, and the batch size changes no result."""
+    return config["features"]["batch_size"] or 0
+
+
 def write_qc():
     """Write results/{cohort}/qc/slides.csv; called when a run ends, succeeded or failed.
 
@@ -229,11 +230,7 @@ def write_qc():
     """
     try:
         table, path = write_qc_summary(
-            SHEET["slide"].tolist(),
-            featureset=FEATURESET,
-            cohort=COHORT,
-            h5_pattern=slide_h5("{slide}"),
-            log_pattern=rules.extract_activations.log[0].replace("{featureset}", FEATURESET),
+            SHEET["slide"].tolist(), featureset=FEATURESET, cohort=COHORT
         )
     except Exception as e:  # never hide the run's own outcome behind a QC problem
         logger.warning(f"could not write the slide qc table: {type(e).__name__}: {e}")
@@ -244,8 +241,8 @@ def write_qc():
 def final_targets():
     """Everything `rule all` builds for the configured cohort."""
     targets = list(dataset_files(COHORT).values())
-    targets += expand("results/{cohort}/plots/umap_{label}.png", cohort=COHORT, label=plot_labels())
-    targets += [f"results/{COHORT}/mosaic/mosaic.png"]
+    targets += expand(paths.UMAP_PLOT, cohort=COHORT, label=plot_labels())
+    targets += [paths.MOSAIC_PNG.format(cohort=COHORT)]
     if config["features"]["include_preds"]:
-        targets += [f"results/{COHORT}/saliency/overview.png"]
+        targets += [paths.SALIENCY_OVERVIEW.format(cohort=COHORT)]
     return targets

@@ -3,7 +3,7 @@ rule merge_dataset:
         h5=cohort_h5_files,
         sheet=lookup(dpath="slides", within=config),
     output:
-        **dataset_files("{cohort}"),
+        **paths.DATASET,
     log:
         "logs/merge_dataset/{cohort}.log",
     conda:

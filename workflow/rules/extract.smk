@@ -3,21 +3,36 @@ rule extract_activations:
         slide=slide_path,
         model=model_files,
     output:
-        h5="results/features/{featureset}/{slide}.h5",
+        h5=paths.SLIDE_H5,
     log:
-        "logs/extract_activations/{featureset}/{slide}.log",
+        log=paths.EXTRACT_LOG,
+        status=paths.EXTRACT_STATUS,
     benchmark:
-        "logs/extract_activations/{featureset}/{slide}.benchmark.tsv"
+        paths.EXTRACT_BENCHMARK
     conda:
         model_env
     threads: 4
     resources:
         gpu=1,
+        # tiles per forward pass (0: per device); changes no result, so it is no param
+        batch_size=batch_size_resource,
     params:
         model=lookup(dpath="model", within=config),
         trust_model_code=lookup(dpath="trust_model_code", within=config),
-        tiles=lookup(dpath="tiles", within=config),
-        features=lookup(dpath="features", within=config),
+        px=lookup(dpath="tiles/px", within=config),
+        um=lookup(dpath="tiles/um", within=config),
+        stride_div=lookup(dpath="tiles/stride_div", within=config),
+        otsu=lookup(dpath="tiles/otsu", within=config),
+        tissue_fraction=lookup(dpath="tiles/tissue_fraction", within=config),
+        grayspace_fraction=lookup(dpath="tiles/grayspace_fraction", within=config),
+        grayspace_threshold=lookup(dpath="tiles/grayspace_threshold", within=config),
+        whitespace_fraction=lookup(dpath="tiles/whitespace_fraction", within=config),
+        whitespace_threshold=lookup(dpath="tiles/whitespace_threshold", within=config),
+        allow_model_mismatch=lookup(dpath="tiles/allow_model_mismatch", within=config),
+        layers=lookup(dpath="features/layers", within=config),
+        pooling=lookup(dpath="features/pooling", within=config),
+        include_preds=lookup(dpath="features/include_preds", within=config),
+        precision=lookup(dpath="features/precision", within=config),
         mpp=slide_mpp,
     script:
         "../scripts/extract_activations.py"

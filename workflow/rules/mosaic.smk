@@ -1,14 +1,14 @@
 rule render_mosaic:
     input:
-        coords="results/{cohort}/umap/coords.parquet",
-        slides="results/{cohort}/dataset/slides.parquet",
+        coords=paths.UMAP_COORDS,
+        slides=paths.DATASET["slides"],
     output:
         png=report(
-            "results/{cohort}/mosaic/mosaic.png",
+            paths.MOSAIC_PNG,
             caption="../report/mosaic.rst",
             category="Mosaic map",
         ),
-        manifest="results/{cohort}/mosaic/mosaic.parquet",
+        manifest=paths.MOSAIC_MANIFEST,
     log:
         "logs/render_mosaic/{cohort}.log",
     benchmark:
@@ -17,6 +17,8 @@ rule render_mosaic:
         "../../envs/analysis.yaml"
     threads: 4
     params:
-        mosaic=lookup(dpath="mosaic", within=config),
+        num_tiles_x=lookup(dpath="mosaic/num_tiles_x", within=config),
+        tile_select=lookup(dpath="mosaic/tile_select", within=config),
+        tile_px=lookup(dpath="mosaic/tile_px", within=config),
     script:
         "../scripts/render_mosaic.py"

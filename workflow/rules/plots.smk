@@ -1,10 +1,10 @@
 rule plot_umap:
     input:
         unpack(dataset_inputs),
-        coords="results/{cohort}/umap/coords.parquet",
+        coords=paths.UMAP_COORDS,
     output:
         png=report(
-            "results/{cohort}/plots/umap_{label}.png",
+            paths.UMAP_PLOT,
             caption="../report/umap.rst",
             category="UMAP",
             labels={"label": "{label}"},

@@ -1,9 +1,9 @@
 rule select_saliency_tiles:
     input:
-        tiles="results/{cohort}/dataset/tiles.parquet",
-        slides="results/{cohort}/dataset/slides.parquet",
+        tiles=paths.DATASET["tiles"],
+        slides=paths.DATASET["slides"],
     output:
-        csv="results/{cohort}/saliency/tiles.csv",
+        csv=paths.SALIENCY_TILES,
     log:
         "logs/select_saliency_tiles/{cohort}.log",
     conda:
@@ -19,10 +19,10 @@ rule saliency_maps:
         tiles=rules.select_saliency_tiles.output.csv,
         model=model_files,
     output:
-        maps=directory("results/{cohort}/saliency/maps"),
-        manifest="results/{cohort}/saliency/maps.csv",
+        maps=directory(paths.SALIENCY_MAPS),
+        manifest=paths.SALIENCY_MANIFEST,
         overview=report(
-            "results/{cohort}/saliency/overview.png",
+            paths.SALIENCY_OVERVIEW,
             caption="../report/saliency.rst",
             category="Saliency",
         ),

@@ -3,8 +3,8 @@ rule fit_umap:
         unpack(dataset_inputs),
         reference=umap_reference,
     output:
-        umap="results/{cohort}/umap/umap.joblib",
-        coords="results/{cohort}/umap/coords.parquet",
+        umap=paths.UMAP_MODEL,
+        coords=paths.UMAP_COORDS,
     log:
         "logs/fit_umap/{cohort}.log",
     benchmark:
@@ -13,6 +13,12 @@ rule fit_umap:
         "../../envs/analysis.yaml"
     threads: 2
     params:
-        umap=lookup(dpath="umap", within=config),
+        n_neighbors=lookup(dpath="umap/n_neighbors", within=config),
+        min_dist=lookup(dpath="umap/min_dist", within=config),
+        metric=lookup(dpath="umap/metric", within=config),
+        max_tiles_per_slide=lookup(dpath="umap/max_tiles_per_slide", within=config),
+        pca_dim=lookup(dpath="umap/pca_dim", within=config),
+        seed=lookup(dpath="umap/seed", within=config),
+        reference=lookup(dpath="umap/reference", within=config),
     script:
         "../scripts/fit_umap.py"

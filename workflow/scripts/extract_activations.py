@@ -1,45 +1,29 @@
 """Extract per-tile activations of one slide into an HDF5 file."""
 
-import os
-import sys
-
-from histoatlas.extract import extract_slide
-
-_TISSUE_KEYS = (
-    "otsu",
-    "tissue_fraction",
-    "grayspace_fraction",
-    "grayspace_threshold",
-    "whitespace_fraction",
-    "whitespace_threshold",
-)
+from histoatlas.analysis.extract import FeatureOptions, RunOptions, extract_slide
+from histoatlas.io.tiling import TileOptions
+from histoatlas.pipeline.jobs import job_logging
 
 
 def main(smk) -> None:
-    sys.stderr = open(smk.log[0], "w", buffering=1)
-    tiles, features = smk.params.tiles, smk.params.features
-    extract_slide(
-        smk.input.slide,
-        smk.output.h5,
-        model=smk.params.model,
-        layers=features["layers"],
-        pooling=None if features["pooling"] == "none" else features["pooling"],
-        include_preds=features["include_preds"],
-        precision=features["precision"],
-        tile_px=tiles["px"],
-        tile_um=tiles["um"],
-        stride_div=tiles["stride_div"],
-        mpp=smk.params.mpp,
-        slide_name=smk.wildcards.slide,
-        tissue={k: tiles[k] for k in _TISSUE_KEYS},
-        allow_tile_px_mismatch=tiles["allow_model_mismatch"],
-        trust_model_code=smk.params.trust_model_code,
-        num_workers=smk.threads,
-        batch_size=int(os.environ["HISTOATLAS_BATCH_SIZE"])
-        if "HISTOATLAS_BATCH_SIZE" in os.environ
-        else None,
-        log=sys.stderr,
-    )
+    params = smk.params
+    with job_logging(smk):
+        extract_slide(
+            smk.input.slide,
+            smk.output.h5,
+            model=params.model,
+            tiles=TileOptions.from_mapping(params),
+            features=FeatureOptions(
+                layers=tuple(params.layers),
+                pooling=None if params.pooling == "none" else params.pooling,
+                include_preds=params.include_preds,
+                precision=params.precision,
+            ),
+            run=RunOptions(batch_size=smk.resources.batch_size or None, num_workers=smk.threads),
+            mpp=params.mpp,
+            slide_name=smk.wildcards.slide,
+            trust_model_code=params.trust_model_code,
+        )
 
 
 if __name__ == "__main__":

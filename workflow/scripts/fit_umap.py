@@ -7,27 +7,35 @@ output can reach the reference). The reference is only read.
 """
 
 import logging
-import sys
-from pathlib import Path
 
-from histoatlas.dataset import DatasetFeatures
-from histoatlas.slidemap import SlideMap
+from histoatlas.analysis.dataset import DatasetFeatures
+from histoatlas.analysis.slidemap import SlideMap
+from histoatlas.pipeline.jobs import job_logging
 
 
 def main(smk) -> None:
-    sys.stderr = open(smk.log[0], "w", buffering=1)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
-    settings = {k: v for k, v in dict(smk.params.umap).items() if v is not None}
-    reference = settings.pop("reference", None)
-    settings["random_state"] = settings.pop("seed", 0)
-    dataset = DatasetFeatures.from_dataset(Path(smk.input.tiles).parent)
-    if reference:
-        slide_map = SlideMap.from_features(dataset, reference=reference)
-    else:
-        slide_map = SlideMap.from_features(dataset, **settings)
-    slide_map.save_coords(smk.output.coords)
-    slide_map.save_umap(smk.output.umap)
-    print(f"mapped {len(slide_map)} tiles; {slide_map.umap.params}", file=sys.stderr)
+    params = smk.params
+    with job_logging(smk):
+        dataset = DatasetFeatures.from_files(
+            tiles=smk.input.tiles, slides=smk.input.slides, features=smk.input.features
+        )
+        if params.reference:
+            slide_map = SlideMap.from_features(dataset, reference=params.reference)
+        else:
+            slide_map = SlideMap.from_features(
+                dataset,
+                n_neighbors=params.n_neighbors,
+                min_dist=params.min_dist,
+                metric=params.metric,
+                max_tiles_per_slide=params.max_tiles_per_slide,
+                pca_dim=params.pca_dim,
+                random_state=params.seed,
+            )
+        slide_map.save_coords(smk.output.coords)
+        slide_map.save_umap(smk.output.umap)
+        logging.getLogger("histoatlas").info(
+            f"mapped {len(slide_map)} tiles; {slide_map.umap.params}"
+        )
 
 
 if __name__ == "__main__":

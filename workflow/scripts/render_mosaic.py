@@ -1,19 +1,27 @@
 """Render the cohort's mosaic map and record which tile sits in which cell."""
 
-import sys
+import logging
 
 import pandas as pd
 
-from histoatlas.slidemap import SlideMap
+from histoatlas.analysis.slidemap import SlideMap
+from histoatlas.pipeline.jobs import job_logging
 
 
 def main(smk) -> None:
-    sys.stderr = open(smk.log[0], "w", buffering=1)
-    slide_map = SlideMap.load(smk.input.coords, slides=pd.read_parquet(smk.input.slides))
-    mosaic = slide_map.generate_mosaic(**dict(smk.params.mosaic), num_workers=smk.threads)
-    mosaic.save(smk.output.png)
-    mosaic.save_manifest(smk.output.manifest)
-    print(f"mosaic of {int((mosaic.grid >= 0).sum())} tiles", file=sys.stderr)
+    params = smk.params
+    with job_logging(smk):
+        slide_map = SlideMap.load(smk.input.coords, slides=pd.read_parquet(smk.input.slides))
+        mosaic = slide_map.generate_mosaic(
+            num_tiles_x=params.num_tiles_x,
+            tile_select=params.tile_select,
+            tile_px=params.tile_px,
+            num_workers=smk.threads,
+        )
+        mosaic.save(smk.output.png)
+        mosaic.save_manifest(smk.output.manifest)
+        shown = int((mosaic.grid >= 0).sum())
+        logging.getLogger("histoatlas").info(f"mosaic of {shown} tiles")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,20 @@
 """Pick the tiles whose saliency maps the cohort gets (saliency.tiles) into tiles.csv."""
 
-import sys
+import logging
 
+from histoatlas.pipeline.jobs import job_logging
 from histoatlas.saliency.select import select_tiles_to_csv
 
 
 def main(smk) -> None:
-    sys.stderr = open(smk.log[0], "w", buffering=1)
-    selected = select_tiles_to_csv(
-        smk.input.tiles, smk.input.slides, smk.params.tiles, smk.output.csv
-    )
-    print(
-        f"selected {len(selected)} tile(s) from {selected['slide'].nunique()} slide(s) "
-        f"for class(es) {sorted(set(selected['class_name']))}",
-        file=sys.stderr,
-    )
+    with job_logging(smk):
+        selected = select_tiles_to_csv(
+            smk.input.tiles, smk.input.slides, smk.params.tiles, smk.output.csv
+        )
+        logging.getLogger("histoatlas").info(
+            f"selected {len(selected)} tile(s) from {selected['slide'].nunique()} slide(s) "
+            f"for class(es) {sorted(set(selected['class_name']))}"
+        )
 
 
 if __name__ == "__main__":

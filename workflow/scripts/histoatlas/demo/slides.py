@@ -1,6 +1,6 @@
 """Synthetic demo slides: irregular blobs of real tissue textures on a white background.
 
-Each slide is a pyramidal JPEG TIFF (written by :func:`histoatlas.tiff.write_pyramid_tiff`,
+Each slide is a pyramidal JPEG TIFF (written by :func:`histoatlas.io.tiff.write_pyramid_tiff`,
 MPP in its resolution tags) plus its ground truth, a palette PNG beside it
 (``demo-1.tiff`` -> ``demo-1.labels.png``) whose pixel values are class labels at a
 lower resolution: 0 background, ``k + 1`` for ``class_names[k]``. The PNG carries the
@@ -14,8 +14,9 @@ slide's dominant class) decides by argmax which texture fills each point.
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,9 +26,12 @@ import numpy as np
 from histoatlas.atomic import atomic_output
 from histoatlas.demo.textures import TextureBank, load_texture_bank
 from histoatlas.errors import SheetError
+from histoatlas.io.tiff import write_pyramid_tiff
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 BACKGROUND = (242, 241, 244)  # glass, as scanners show it
 LABEL_DOWNSAMPLE = 16
@@ -268,7 +272,6 @@ def build_demo_cohort(
     mpp: float = 0.5,
     size_range: tuple[int, int] = (3200, 4400),
     workers: int | None = None,
-    log: Callable[[str], object] | None = None,
 ) -> pd.DataFrame:
     """Write the demo slides, their class maps and the slide sheet.
 
@@ -296,9 +299,8 @@ def build_demo_cohort(
     size_range : (int, int)
         Range of slide width and height in pixels (rounded down to multiples of 256).
     workers : int, optional
-        Slides painted at once (threads); default ``min(2, os.cpu_count())``.
-    log : callable, optional
-        Called with one progress line per slide (e.g. ``print``).
+        Slides painted at once (threads); default ``min(2, os.cpu_count())``. One progress
+        line per slide goes to this module's logger.
 
     Returns
     -------
@@ -321,8 +323,6 @@ def build_demo_cohort(
     """
     import pandas as pd
 
-    from histoatlas.tiff import write_pyramid_tiff
-
     slide_paths = [Path(p) for p in slide_paths]
     names = [p.stem for p in slide_paths]
     if len(set(names)) != len(names):
@@ -334,47 +334,53 @@ def build_demo_cohort(
             f"{len(label_paths)} label paths for {len(slide_paths)} demo slides; give one each"
         )
     bank = load_texture_bank(source, mpp=mpp)
-    n_classes = len(bank.class_names)
 
     def make(i: int) -> dict:
-        rng = np.random.default_rng([seed, i])
-        width, height = (int(v) // 256 * 256 for v in rng.integers(*size_range, size=2))
-        dominant = i % n_classes
-        if (i // n_classes) % 2 == 0:
-            classes = sorted({dominant, (dominant + 1) % n_classes})
-        else:
-            classes = list(range(n_classes))
-        image, labels = synthesize_slide(
-            bank, width=width, height=height, classes=classes, dominant=dominant, rng=rng
-        )
-        with atomic_output(slide_paths[i]) as tmp:
-            write_pyramid_tiff(tmp, image, mpp, n_levels=3)
-        small = write_label_map(label_paths[i], labels, bank.class_names)
-        counts = np.bincount(small.ravel(), minlength=n_classes + 1)
-        row = {
-            "slide": names[i],
-            "path": str(slide_paths[i]),
-            "subtype": bank.class_names[int(np.argmax(counts[1:]))],
-            "width": width,
-            "height": height,
-            "tissue_fraction": counts[1:].sum() / counts.sum(),
-        }
-        for k, name in enumerate(bank.class_names):
-            row[f"fraction_{name}"] = counts[k + 1] / max(counts[1:].sum(), 1)
-        return row
+        return _paint_slide(bank, i, slide_paths[i], label_paths[i], seed, mpp, size_range)
 
     # numpy, scipy and the JPEG encoder release the GIL: threads share the texture bank
     with ThreadPoolExecutor(max_workers=workers or min(2, os.cpu_count() or 1)) as pool:
         rows = []
         for row in pool.map(make, range(len(slide_paths))):
             rows.append(row)
-            if log is not None:
-                mix = ", ".join(f"{n} {row[f'fraction_{n}']:.0%}" for n in bank.class_names)
-                log(
-                    f"{row['slide']}: {row['width']} x {row['height']} px, "
-                    f"tissue {row['tissue_fraction']:.0%} ({mix})"
-                )
+            mix = ", ".join(f"{n} {row[f'fraction_{n}']:.0%}" for n in bank.class_names)
+            log.info(
+                f"{row['slide']}: {row['width']} x {row['height']} px, "
+                f"tissue {row['tissue_fraction']:.0%} ({mix})"
+            )
     table = pd.DataFrame(rows)
     with atomic_output(sheet_path) as tmp:
         table[["slide", "path", "subtype"]].to_csv(tmp, index=False)
     return table
+
+
+def _paint_slide(
+    bank, i: int, slide_path: Path, label_path, seed: int, mpp: float, size_range
+) -> dict:
+    """Paint demo slide ``i`` and its class map; its sheet row and tissue fractions."""
+    n_classes = len(bank.class_names)
+    rng = np.random.default_rng([seed, i])
+    width, height = (int(v) // 256 * 256 for v in rng.integers(*size_range, size=2))
+    dominant = i % n_classes
+    if (i // n_classes) % 2 == 0:
+        classes = sorted({dominant, (dominant + 1) % n_classes})
+    else:
+        classes = list(range(n_classes))
+    image, labels = synthesize_slide(
+        bank, width=width, height=height, classes=classes, dominant=dominant, rng=rng
+    )
+    with atomic_output(slide_path) as tmp:
+        write_pyramid_tiff(tmp, image, mpp, n_levels=3)
+    small = write_label_map(label_path, labels, bank.class_names)
+    counts = np.bincount(small.ravel(), minlength=n_classes + 1)
+    row = {
+        "slide": slide_path.stem,
+        "path": str(slide_path),
+        "subtype": bank.class_names[int(np.argmax(counts[1:]))],
+        "width": width,
+        "height": height,
+        "tissue_fraction": counts[1:].sum() / counts.sum(),
+    }
+    for k, name in enumerate(bank.class_names):
+        row[f"fraction_{name}"] = counts[k + 1] / max(counts[1:].sum(), 1)
+    return row

@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from histoatlas.atomic import atomic_output, partial_path
+from histoatlas.backends import as_loaded_model
+from histoatlas.backends.base import check_class_idx
 from histoatlas.errors import ConfigError, EmptyDatasetError, ModelError
-from histoatlas.saliency.backends import check_class_idx, make_backend
+from histoatlas.runtime import patch_guided_ig_quantile
 
 METHODS = (
     "vanilla",
@@ -82,7 +84,7 @@ class SaliencyMap:
 
     Examples
     --------
-    >>> from histoatlas.models.architectures import demo_cnn
+    >>> from histoatlas.backends.torch.architectures import demo_cnn
     >>> net = demo_cnn(num_classes=3).eval()
     >>> sm = SaliencyMap(net, class_idx=1)
     >>> img = np.random.default_rng(0).normal(size=(64, 64, 3)).astype(np.float32)
@@ -98,7 +100,7 @@ class SaliencyMap:
         device: str | None = None,
         activation: str | None = None,
     ) -> None:
-        self.backend = make_backend(model, device=device)
+        self.backend = as_loaded_model(model, device=device).gradients()
         self.class_idx = _resolve_class(class_idx, self.backend.class_names)
         n_classes = self.backend.num_classes()
         if n_classes is not None:
@@ -324,7 +326,7 @@ class SaliencyMap:
         layer : str, optional
             Module name (``dict(model.named_modules())``) or Keras layer name; default:
             the last convolutional feature map with h, w > 1 (see
-            ``TorchBackend.resolve_layer``, ``KerasBackend.resolve_layer``).
+            ``TorchGradients.resolve_layer``, ``KerasGradients.resolve_layer``).
         smooth : bool or dict
             SmoothGrad (see the class notes).
 
@@ -564,34 +566,6 @@ def _baseline(baseline: np.ndarray | float | None, img: np.ndarray) -> np.ndarra
         return np.zeros_like(img)
     base = np.broadcast_to(np.asarray(baseline, dtype=np.float32), img.shape)
     return np.array(base)
-
-
-class _NumpyQuantileCompat:
-    """NumPy, except that ``quantile`` also takes the ``interpolation=`` keyword.
-
-    saliency 0.2.1's Guided IG calls ``np.quantile(..., interpolation='lower')``:
-    deprecated in NumPy 2.0 and a TypeError from 2.4, where it is ``method=``.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(np, name)
-
-    @staticmethod
-    def quantile(a, q, *args, interpolation: str | None = None, **kwargs):
-        if interpolation is not None:
-            kwargs.setdefault("method", interpolation)
-        return np.quantile(a, q, *args, **kwargs)
-
-
-def patch_guided_ig_quantile() -> None:
-    """Give ``saliency.core.guided_ig`` a NumPy whose ``quantile`` takes ``interpolation=``.
-
-    Only that module's ``np`` name changes; NumPy itself is untouched. Idempotent.
-    """
-    from saliency.core import guided_ig
-
-    if not isinstance(guided_ig.np, _NumpyQuantileCompat):
-        guided_ig.np = _NumpyQuantileCompat()
 
 
 # -- the workflow's writer --------------------------------------------------------------

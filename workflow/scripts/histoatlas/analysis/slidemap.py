@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from histoatlas.analysis.umap_fit import FittedUMAP, fit_umap
 from histoatlas.errors import ConfigError, EmptyDatasetError, HistoatlasError
-from histoatlas.umap_fit import FittedUMAP, fit_umap
 
 log = logging.getLogger(__name__)
 
@@ -484,14 +484,14 @@ class SlideMap:
         ----------
         ax : matplotlib Axes, optional
         **kwargs
-            Passed to :func:`histoatlas.plotting.plot_umap` (``title``, ``max_points``,
+            Passed to :func:`histoatlas.analysis.plotting.plot_umap` (``title``, ``max_points``,
             ``seed``, ``s``, ``alpha``, ``cmap``, ``categorical``, scatter keywords).
 
         Returns
         -------
         matplotlib Axes
         """
-        from histoatlas.plotting import plot_umap
+        from histoatlas.analysis.plotting import plot_umap
 
         labels = self.data["label"] if self.label_name is not None else None
         kwargs.setdefault("label_name", self.label_name)
@@ -506,7 +506,7 @@ class SlideMap:
         **kwargs: Any,
     ) -> None:
         """Write :meth:`plot` to an image file of ``figsize * dpi`` pixels, atomically."""
-        from histoatlas.plotting import save_figure, umap_figure
+        from histoatlas.analysis.plotting import save_figure, umap_figure
 
         labels = self.data["label"] if self.label_name is not None else None
         kwargs.setdefault("label_name", self.label_name)
@@ -562,7 +562,7 @@ class SlideMap:
 
     def generate_mosaic(self, **kwargs: Any):
         """A mosaic map of this map's tiles; see :meth:`histoatlas.Mosaic.from_slidemap`."""
-        from histoatlas.mosaic import Mosaic
+        from histoatlas.analysis.mosaic import Mosaic
 
         return Mosaic.from_slidemap(self, **kwargs)
 

@@ -3,7 +3,7 @@
 Two stages, as in slideflow: a slide-level Otsu threshold on a thumbnail picks the
 candidate grid tiles, then every candidate tile read at full resolution passes the
 grayspace and whitespace filters or is dropped. Everything here works on NumPy arrays;
-reading pixels is :mod:`histoatlas.wsi`'s job.
+reading pixels is :mod:`histoatlas.io.wsi`'s job.
 """
 
 from __future__ import annotations

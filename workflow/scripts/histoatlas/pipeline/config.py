@@ -160,7 +160,10 @@ GENERIC_MODEL_NAMES = frozenset(
     {"model", "models", "weights", "checkpoint", "checkpoints", "pytorch_model", "saved_model"}
 )
 # Settings of `tiles` and `features` that are not part of the featureset's results.
-_NOT_IN_FEATURESET = {"tiles": ("px", "um", "allow_model_mismatch"), "features": ("name",)}
+_NOT_IN_FEATURESET = {
+    "tiles": ("px", "um", "allow_model_mismatch"),
+    "features": ("name", "batch_size"),
+}
 
 
 def model_label(model: str | Path) -> str:

@@ -395,7 +395,7 @@ class Mosaic:
         return out
 
     def _open(self, slide: str):
-        from histoatlas.wsi import WSI
+        from histoatlas.io.wsi import WSI
 
         row = self._slides.loc[slide]
         wsi = WSI(row["path"], self.tile_px, float(row["tile_um"]), mpp=row["mpp"], name=slide)

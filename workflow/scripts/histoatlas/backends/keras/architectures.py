@@ -1,6 +1,6 @@
 """histoatlas's own networks in Keras 3, and copying torch weights into them.
 
-:func:`demo_cnn_keras` is :func:`histoatlas.models.architectures.demo_cnn` layer for layer,
+:func:`demo_cnn_keras` is :func:`histoatlas.backends.torch.architectures.demo_cnn` layer for layer,
 with the same layer names where torch has modules (``block3`` is the output of the third
 block in both), so a config written for one backend reads the same layers from the other,
 and :func:`copy_torch_weights` makes the two compute the same function.
@@ -35,7 +35,7 @@ def demo_cnn_keras(num_classes: int = 2, width: int = 16, *, tile_px: int | None
     keras.Model
         A functional model named ``demo_cnn``.
     """
-    from histoatlas.models.keras_model import keras3
+    from histoatlas.backends.keras.model import keras3
 
     keras = keras3()
     layers = keras.layers

@@ -5,25 +5,27 @@
 ======================  ==========================================================
 ``slide``               the slide id
 ``status``              ``ok`` (its ``{slide}.h5`` exists), ``failed`` (its extraction
-                        log exists but the file does not) or ``not run``
+                        ran but the file does not exist) or ``not run``
 ``n_grid``              tiles of the full grid
 ``n_candidates``        grid tiles on tissue (Otsu mask)
 ``n_kept``              candidates that passed the grayspace/whitespace filters (rows of the h5)
 ``n_filtered``          candidates the filters dropped
-``error``               for a failed slide: the last line of its log (the exception)
+``error``               for a failed slide: the exception its job raised, or a note that the
+                        job was killed or ran out of memory
 ``h5``, ``log``         the per-slide file and the extraction log
 ======================  ==========================================================
 
-The table is built from the files alone (the h5 attributes written by
-:func:`histoatlas.extract.extract_slide`, the logs), never from a job's return value, so
-it can be written after a run in which some slides failed: the workflow writes it from
-Snakemake's ``onsuccess``/``onerror`` handlers, whatever the run's outcome.
+The table is built from files alone, never from a job's return value, so it can be written
+after a run in which some slides failed (the workflow writes it from Snakemake's
+``onsuccess``/``onerror`` handlers): the h5 attributes written by
+:func:`histoatlas.analysis.extract.extract_slide`, and the job's status file
+(:func:`histoatlas.pipeline.jobs.job_logging`). The paths are those of
+:mod:`histoatlas.pipeline.paths`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,10 +33,10 @@ import pandas as pd
 
 from histoatlas.atomic import atomic_output
 from histoatlas.errors import HistoatlasError
+from histoatlas.io.slide_h5 import read_slide_attrs
+from histoatlas.pipeline.jobs import read_status
+from histoatlas.pipeline.paths import EXTRACT_LOG, EXTRACT_STATUS, QC_TABLE, SLIDE_H5
 
-H5_PATTERN = "results/features/{featureset}/{slide}.h5"
-LOG_PATTERN = "logs/extract_activations/{featureset}/{slide}.log"
-QC_PATH = "results/{cohort}/qc/slides.csv"
 COLUMNS = (
     "slide",
     "status",
@@ -47,23 +49,10 @@ COLUMNS = (
     "log",
 )
 COUNTS = ("n_grid", "n_candidates", "n_kept", "n_filtered")
-# The last line of a Python traceback: "package.module.SomeError: message".
-_EXCEPTION_LINE = re.compile(
-    r"^(?:[A-Za-z_]\w*\.)*(?P<name>[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt))"
-    r"(?::\s*(?P<message>.*))?$"
-)
-# extract_slide's last line on success.
-_SUCCESS_LINE = re.compile(r": wrote .* \(\d+ tiles\); qc ")
 
 
-def slide_qc(
-    slides: Sequence[str],
-    *,
-    featureset: str,
-    h5_pattern: str = H5_PATTERN,
-    log_pattern: str = LOG_PATTERN,
-) -> pd.DataFrame:
-    """The QC table of ``slides``, from their per-slide files and extraction logs.
+def slide_qc(slides: Sequence[str], *, featureset: str) -> pd.DataFrame:
+    """The QC table of ``slides``, from their per-slide files and extraction status files.
 
     Parameters
     ----------
@@ -71,9 +60,6 @@ def slide_qc(
         Slide ids, in the order of the table.
     featureset : str
         The featureset (``features.name``) whose files to look at.
-    h5_pattern, log_pattern : str
-        Where a slide's file and log are, with ``{featureset}`` and ``{slide}`` fields;
-        relative paths are relative to the working directory.
 
     Returns
     -------
@@ -83,13 +69,13 @@ def slide_qc(
     """
     rows = []
     for slide in slides:
-        h5 = h5_pattern.format(featureset=featureset, slide=slide)
-        log = log_pattern.format(featureset=featureset, slide=slide)
+        names = {"featureset": featureset, "slide": slide}
+        h5, log = SLIDE_H5.format(**names), EXTRACT_LOG.format(**names)
         row = {"slide": slide, "status": "not run", "error": "", "h5": h5, "log": log}
         if Path(h5).exists():
             row.update(_from_h5(h5))
-        elif Path(log).exists():
-            row.update(_from_log(log))
+        else:
+            row.update(_from_status(EXTRACT_STATUS.format(**names), log))
         rows.append(row)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     for column in COUNTS:
@@ -104,8 +90,6 @@ def write_qc_summary(
     featureset: str,
     cohort: str,
     out: str | os.PathLike | None = None,
-    h5_pattern: str = H5_PATTERN,
-    log_pattern: str = LOG_PATTERN,
 ) -> tuple[pd.DataFrame, Path]:
     """Write a cohort's per-slide QC table (``results/{cohort}/qc/slides.csv``).
 
@@ -119,8 +103,6 @@ def write_qc_summary(
         The cohort; names the default output path.
     out : str or PathLike, optional
         Output CSV; default ``results/{cohort}/qc/slides.csv``.
-    h5_pattern, log_pattern : str
-        As for :func:`slide_qc`.
 
     Returns
     -------
@@ -134,8 +116,8 @@ def write_qc_summary(
     {'ok': 4, 'failed': 1}
     """
     slides = list(sheet["slide"]) if isinstance(sheet, pd.DataFrame) else list(sheet)
-    table = slide_qc(slides, featureset=featureset, h5_pattern=h5_pattern, log_pattern=log_pattern)
-    path = Path(out if out is not None else QC_PATH.format(cohort=cohort))
+    table = slide_qc(slides, featureset=featureset)
+    path = Path(out if out is not None else QC_TABLE.format(cohort=cohort))
     with atomic_output(path) as tmp:
         table.to_csv(tmp, index=False)
     return table, path
@@ -161,43 +143,7 @@ def summary_line(table: pd.DataFrame, path: str | os.PathLike, *, show: int = 5)
     return "\n".join(lines)
 
 
-def log_reason(path: str | os.PathLike) -> str:
-    """Why a job failed, from its log: the exception line of the traceback at its end.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        The job's log.
-
-    Returns
-    -------
-    str
-        ``"SlideError: slide 's2': ..."`` (module prefix dropped) when the log ends with
-        a Python exception; otherwise a note that the job stopped without one (killed,
-        out of memory) with the log's last line; ``""`` for an empty log.
-    """
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError as e:
-        return f"cannot read log {path}: {e}"
-    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return "the job stopped before writing anything to its log (killed, or failed to start)"
-    for line in reversed(lines[-50:]):
-        if line.startswith(" "):
-            continue  # inside a traceback: code lines
-        match = _EXCEPTION_LINE.match(line)
-        if match:
-            return f"{match['name']}: {match['message']}" if match["message"] else match["name"]
-    return (
-        "no error in the log: the job was killed or ran out of memory; its last line: "
-        + lines[-1][:300]
-    )
-
-
 def _from_h5(h5: str) -> dict:
-    from histoatlas.slide_h5 import read_slide_attrs
-
     try:
         attrs = read_slide_attrs(h5)
     except HistoatlasError as e:
@@ -208,11 +154,24 @@ def _from_h5(h5: str) -> dict:
     return row
 
 
-def _from_log(log: str) -> dict:
+def _from_status(status_path: str, log: str) -> dict:
+    """Why a slide has no file: its job's status, or (none written) that it was killed."""
+    status = read_status(status_path)
+    if status is not None:
+        if status.get("status") == "ok":
+            return {}  # a finished job whose file was removed since: not run (again)
+        return {"status": "failed", "error": str(status.get("error", ""))}
+    if not Path(log).exists():
+        return {}
+    return {"status": "failed", "error": _killed_note(log)}
+
+
+def _killed_note(log: str) -> str:
+    """A job that started (its log exists) but recorded no outcome: killed or out of memory."""
     try:
-        lines = Path(log).read_text(errors="replace").strip().splitlines()
+        lines = [ln.rstrip() for ln in Path(log).read_text(errors="replace").splitlines()]
     except OSError as e:
-        return {"status": "failed", "error": f"cannot read log {log}: {e}"}
-    if lines and _SUCCESS_LINE.search(lines[-1]):
-        return {}  # a finished job whose file was removed since: not run (again)
-    return {"status": "failed", "error": log_reason(log)}
+        return f"cannot read log {log}: {e}"
+    last = next((ln for ln in reversed(lines) if ln.strip()), "")
+    note = "no outcome recorded: the job was killed or ran out of memory"
+    return f"{note}; its log's last line: {last[:300]}" if last else note

@@ -8,14 +8,14 @@ in the same frame, and saves both to one ``umap.joblib``.
 
 Two traps, measured here: a plain ``import umap`` also imports TensorFlow (umap-learn's
 parametric UMAP) and crashed the interpreter in this environment; and numba compiles
-UMAP's functions in every new process. :func:`import_umap` handles both.
+UMAP's functions in every new process. :func:`histoatlas.runtime.import_umap` handles
+both.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from histoatlas.errors import ConfigError, EmptyDatasetError, HistoatlasError
+from histoatlas.runtime import import_umap
 
 log = logging.getLogger(__name__)
 
@@ -33,42 +34,6 @@ DEFAULT_UMAP = {"n_neighbors": 50, "min_dist": 0.1, "metric": "cosine"}
 MIN_FIT_POINTS = 4
 FORMAT = "histoatlas.umap"
 FORMAT_VERSION = 1
-
-
-def import_umap():
-    """Import umap-learn without TensorFlow, with numba's on-disk cache enabled.
-
-    ``umap/__init__`` imports its parametric (TensorFlow) variant when TensorFlow is
-    installed: 10 s and TensorFlow's memory in every UMAP job, and a segfault in this
-    environment. Blocking the submodule skips it. ``NUMBA_CACHE_DIR`` (when unset) points
-    at a user cache: pynndescent's ``cache=True`` functions then compile once per
-    machine even where site-packages is read-only (measured: first import 15 s, later
-    ones 1.5 s). UMAP's own layout functions are not cacheable and still compile in each
-    process (about 10 s for fit, 3-6 s for transform).
-
-    Returns
-    -------
-    module
-        The ``umap`` package.
-    """
-    if "numba" not in sys.modules and not os.environ.get("NUMBA_CACHE_DIR"):
-        cache = _numba_cache_dir()
-        if cache is not None:
-            os.environ["NUMBA_CACHE_DIR"] = str(cache)
-    sys.modules.setdefault("umap.parametric_umap", None)
-    import umap
-
-    return umap
-
-
-def _numba_cache_dir() -> Path | None:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    cache = Path(base) / "histoatlas" / "numba"
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None  # numba then falls back to __pycache__ beside the sources
-    return cache if os.access(cache, os.W_OK) else None
 
 
 def sample_per_group(groups: np.ndarray, max_per_group: int | None, *, seed: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""PyTorch models: architectures rebuilt in Python, state dicts, TorchScript files.
+"""Load PyTorch models: architectures rebuilt in Python with their state dict, TorchScript files.
 
 Weights are read with ``torch.load(..., weights_only=True)``: a checkpoint that needs
 arbitrary Python objects unpickled could run arbitrary code, so it is refused unless the
@@ -14,132 +14,12 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-
-from histoatlas.errors import ConfigError, ModelError
-from histoatlas.models.architectures import ARCHITECTURES
-from histoatlas.models.loaded import LoadedModel
-from histoatlas.models.params import ModelParams
+from histoatlas.backends.params import ModelParams
+from histoatlas.backends.torch.architectures import ARCHITECTURES
+from histoatlas.backends.torch.model import TorchModel, resolve_device
+from histoatlas.errors import ModelError
 
 _MAX_KEYS_SHOWN = 5
-
-
-class TorchModel(LoadedModel):
-    """A :class:`LoadedModel` whose network is a ``torch.nn.Module``.
-
-    Adds the torch-side fast path :meth:`to_tensor` that ``Features`` uses: the uint8
-    batch crosses to the device as bytes and is normalised there.
-    """
-
-    @property
-    def supports_layers(self) -> bool:
-        """False for TorchScript, whose forward hooks never fire."""
-        return self.kind != "torchscript"
-
-    def layer_names(self) -> list[str]:
-        """Module names as ``dict(model.named_modules())`` gives them (root excluded).
-
-        Empty for a TorchScript model, which offers its final output only.
-        """
-        if not self.supports_layers:
-            return []
-        return [name for name, _ in self.model.named_modules() if name]
-
-    def to(self, device: str | None) -> TorchModel:
-        """Move the network to ``device`` (None: CUDA, then MPS, then CPU); returns self."""
-        self.device = resolve_device(device)
-        self.model.to(self.device)
-        self._stats = None
-        return self
-
-    def to_tensor(self, images):
-        """Turn a batch into the network's input on its device.
-
-        Parameters
-        ----------
-        images : ndarray or torch.Tensor
-            uint8 ``(B, H, W, 3)`` (or one ``(H, W, 3)`` tile) raw RGB, normalised
-            here on the device; or a floating torch tensor ``(B, 3, H, W)`` taken as
-            already preprocessed and only moved to the device.
-
-        Returns
-        -------
-        torch.Tensor, shape (B, 3, H, W), dtype float32
-        """
-        import torch
-
-        if isinstance(images, np.ndarray):
-            if images.dtype != np.uint8:
-                raise ValueError(
-                    f"numpy tiles must be uint8 RGB (B, H, W, 3), got dtype {images.dtype}; "
-                    "pass preprocessed input as a float torch tensor (B, 3, H, W) instead"
-                )
-            # a read-only array (a tile straight from PIL) is copied: torch would warn
-            images = np.ascontiguousarray(images) if images.flags.writeable else images.copy()
-            images = torch.from_numpy(images)
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"expected a numpy array or torch tensor, got {type(images).__name__}")
-        if images.dtype.is_floating_point:
-            if images.ndim != 4 or images.shape[1] != 3:
-                raise ValueError(
-                    "a float tensor is taken as preprocessed (B, 3, H, W), "
-                    f"got {tuple(images.shape)}"
-                )
-            return images.to(self.device, torch.float32)
-        if images.dtype != torch.uint8:
-            raise ValueError(f"tiles must be uint8 or float, got {images.dtype}")
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"uint8 tiles must be (B, H, W, 3), got {tuple(images.shape)}")
-        on_cuda = self.device.startswith("cuda")
-        if on_cuda and images.device.type == "cpu":
-            # pinned host memory lets the copy run asynchronously
-            images = images.pin_memory()
-        x = images.to(self.device, non_blocking=on_cuda).permute(0, 3, 1, 2).float()
-        mean, std = self._device_stats()
-        return (x - mean) / std
-
-    def _device_stats(self):
-        import torch
-
-        stats = getattr(self, "_stats", None)
-        if stats is None:
-            shape = (1, 3, 1, 1)
-            mean = torch.tensor(self.params.mean, dtype=torch.float32).view(shape) * 255
-            std = torch.tensor(self.params.std, dtype=torch.float32).view(shape) * 255
-            stats = self._stats = (mean.to(self.device), std.to(self.device))
-        return stats
-
-
-def resolve_device(device: str | None = None) -> str:
-    """Pick the torch device: ``device`` if given, else CUDA, then MPS, then CPU.
-
-    Raises
-    ------
-    ConfigError
-        If ``device`` is not a torch device name, or names CUDA/MPS where it is absent.
-    """
-    import torch
-
-    if device is None:
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return "mps"
-        return "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(
-            f"device {device!r} is not a torch device (cuda, mps, cpu): {e}"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested, but CUDA is not available here")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {device!r} requested, but MPS is not available here")
-    return str(dev)
 
 
 def build_architecture(name: str, kwargs: Mapping | None = None):
@@ -348,18 +228,16 @@ def load_torch_directory(
     model = build_architecture(params.architecture, kwargs)
     state = extract_state_dict(read_checkpoint(weights, trust_model_code=trust_model_code), weights)
     load_state_dict_strict(model, state, weights=weights, architecture=params.architecture)
-    device = resolve_device(device)
-    model.eval().to(device)
     return TorchModel(
-        model=model,
+        model=model.eval(),
         backend="torch",
         params=params,
         path=path,
-        device=device,
+        device="cpu",
         kind="directory",
         weights_path=weights,
         params_path=params_path,
-    )
+    ).to(device)
 
 
 def load_torchscript(
@@ -414,15 +292,63 @@ def load_torch_file(
             "directory beside a params.json naming its architecture, or save the model as "
             "TorchScript"
         )
-    device = resolve_device(device)
-    obj.eval().to(device)
     return TorchModel(
-        model=obj,
+        model=obj.eval(),
         backend="torch",
         params=params,
         path=file,
-        device=device,
+        device="cpu",
         kind="pickled",
         weights_path=file,
         params_path=params_path,
+    ).to(device)
+
+
+def load(
+    path: Path,
+    params: ModelParams,
+    params_path: Path | None,
+    *,
+    device: str | None,
+    trust_model_code: bool,
+) -> TorchModel:
+    """Load a torch model path: a model directory, TorchScript or a (trusted) pickled module."""
+    if path.is_dir():
+        return load_torch_directory(
+            path, params, params_path, device=device, trust_model_code=trust_model_code
+        )
+    return load_torch_file(
+        path, params, params_path, device=device, trust_model_code=trust_model_code
+    )
+
+
+def wrap(obj, device: str | None) -> TorchModel | None:
+    """A bare ``torch.nn.Module`` as a :class:`TorchModel` (None for anything else).
+
+    The module stays where its parameters are unless ``device`` is given; it gets default
+    params (ImageNet normalisation, no class names); a ``ScriptModule`` counts as TorchScript.
+    """
+    import sys
+
+    if "torch" not in sys.modules:  # nothing can be a torch module before torch is imported
+        return None
+    import torch
+
+    if not isinstance(obj, torch.nn.Module):
+        return None
+    if device is None:
+        param = next(iter(obj.parameters()), None)
+        device = str(param.device) if param is not None else "cpu"
+    else:
+        device = resolve_device(device)
+        obj.to(device)
+    scripted = isinstance(obj, torch.jit.ScriptModule)
+    return TorchModel(
+        model=obj,
+        backend="torch",
+        params=ModelParams(),
+        path=Path(f"<torch module {type(obj).__name__}>"),
+        device=device,
+        kind="torchscript" if scripted else "bare",
+        weights_path=Path(),
     )

@@ -9,19 +9,24 @@ tiles asked for are read: a whole level is never loaded.
 
 from __future__ import annotations
 
-import math
 import os
-import threading
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import numpy as np
 
-from histoatlas import tissue
 from histoatlas.errors import ConfigError, MPPError, SlideError, TileReadError
+from histoatlas.io import tissue
+from histoatlas.io.batches import TileBatch, iter_tile_batches
+from histoatlas.io.tiling import (
+    fraction,
+    is_nan,
+    parse_tile_um,
+    positive_int,
+    to_float,
+)
+
+__all__ = ["WSI", "TileBatch", "parse_tile_um"]
 
 # MPP outside (0, MAX_MPP] is a wrong tag (e.g. a 72 dpi screen resolution), not a scan.
 MAX_MPP = 100.0
@@ -30,73 +35,6 @@ MAX_MPP = 100.0
 LEVEL_TOLERANCE = 0.01
 # Memory cap of one read while building a thumbnail (bytes of RGBA at the read level).
 THUMBNAIL_STRIP_BYTES = 64 * 2**20
-# Decoded-tile cache shared by the reading threads of one iter_batches call.
-TILE_CACHE_BYTES = 128 * 2**20
-# Most tiles one reading task reads (and filters) at a time.
-READ_CHUNK = 16
-
-
-class TileBatch(NamedTuple):
-    """A batch of tiles from :meth:`WSI.iter_batches`.
-
-    Attributes
-    ----------
-    tiles : ndarray, shape (B, tile_px, tile_px, 3), dtype uint8
-    grid : ndarray, shape (B, 2), dtype int32
-        Grid index (i, j) of each tile.
-    coords : ndarray, shape (B, 2), dtype int64
-        Level-0 (x, y) of each tile's top-left corner.
-    """
-
-    tiles: np.ndarray
-    grid: np.ndarray
-    coords: np.ndarray
-
-
-def parse_tile_um(tile_um: float | str, tile_px: int) -> float:
-    """Tile edge in microns, from microns or from a magnification string.
-
-    A magnification ``"<m>x"`` means ``10 / m`` microns per pixel (1.0 at 10x, 0.5 at
-    20x, 0.25 at 40x), so the tile covers ``tile_px * 10 / m`` microns.
-
-    Parameters
-    ----------
-    tile_um : float or str
-        Microns (a number or a numeric string) or a magnification such as ``"20x"``.
-    tile_px : int
-        Tile edge in pixels.
-
-    Returns
-    -------
-    float
-        Tile edge in microns, > 0.
-
-    Raises
-    ------
-    ConfigError
-        If ``tile_um`` is neither a positive number nor ``"<positive number>x"``.
-
-    Examples
-    --------
-    >>> parse_tile_um("20x", 224)
-    112.0
-    >>> parse_tile_um(302, 299)
-    302.0
-    """
-    value: Any = tile_um
-    try:
-        if isinstance(tile_um, str) and tile_um.strip().lower().endswith("x"):
-            value = int(tile_px) * 10.0 / float(tile_um.strip()[:-1])
-        else:
-            value = float(tile_um)
-    except (TypeError, ValueError, ZeroDivisionError):
-        value = math.nan
-    if isinstance(tile_um, bool) or not (math.isfinite(value) and value > 0):
-        raise ConfigError(
-            f"tile_um={tile_um!r} is not a tile size: give microns (a positive number, "
-            "e.g. 112) or a magnification (e.g. '20x')"
-        )
-    return float(value)
 
 
 class WSI:
@@ -194,21 +132,21 @@ class WSI:
         whitespace_threshold: float = 230,
     ) -> None:
         # Options first, so a bad one fails before the slide is opened.
-        self.tile_px = _positive_int("tile_px", tile_px)
+        self.tile_px = positive_int("tile_px", tile_px)
         self.tile_um = parse_tile_um(tile_um, self.tile_px)
-        self.stride_div = _positive_int("stride_div", stride_div)
+        self.stride_div = positive_int("stride_div", stride_div)
         self.otsu = bool(otsu)
-        self.tissue_fraction = _fraction("tissue_fraction", tissue_fraction)
-        self.grayspace_fraction = _fraction("grayspace_fraction", grayspace_fraction)
-        self.grayspace_threshold = _fraction("grayspace_threshold", grayspace_threshold)
-        self.whitespace_fraction = _fraction("whitespace_fraction", whitespace_fraction)
-        self.whitespace_threshold = _to_float(whitespace_threshold)
+        self.tissue_fraction = fraction("tissue_fraction", tissue_fraction)
+        self.grayspace_fraction = fraction("grayspace_fraction", grayspace_fraction)
+        self.grayspace_threshold = fraction("grayspace_threshold", grayspace_threshold)
+        self.whitespace_fraction = fraction("whitespace_fraction", whitespace_fraction)
+        self.whitespace_threshold = to_float(whitespace_threshold)
         if not 0 <= self.whitespace_threshold <= 255:
             raise ConfigError(f"whitespace_threshold={whitespace_threshold!r} must lie in [0, 255]")
 
         self.path, default_name = _resolve_path(path, name)
         self.name = name if name is not None else default_name
-        self._slide = self._open()
+        self._slide = self.open_handle()
         try:
             self.mpp = self._get_mpp(mpp)
             self._set_grid()
@@ -220,6 +158,21 @@ class WSI:
         self._background = _parse_hex_colour(background)
         self._tissue_mask: np.ndarray | None = None
         self.qc: dict[str, int] | None = None
+
+    @classmethod
+    def from_options(
+        cls, path: str | os.PathLike, tiles, *, mpp: float | None = None, name: str | None = None
+    ) -> WSI:
+        """A WSI tiled as a :class:`~histoatlas.io.tiling.TileOptions` says."""
+        return cls(
+            path,
+            tiles.px,
+            tiles.um,
+            stride_div=tiles.stride_div,
+            mpp=mpp,
+            name=name,
+            **tiles.tissue(),
+        )
 
     def _set_grid(self) -> None:
         """Level-0 patch, stride, grid and read level from tile_um, tile_px and mpp."""
@@ -243,8 +196,8 @@ class WSI:
 
     # -- opening --------------------------------------------------------------
 
-    def _open(self):
-        """Open a new OpenSlide handle on the slide (one per thread)."""
+    def open_handle(self):
+        """A new OpenSlide handle on the slide (one per reading thread or process)."""
         import openslide
 
         try:
@@ -258,14 +211,14 @@ class WSI:
 
     def _get_mpp(self, mpp: float | None) -> float:
         hint = "set the sheet's `mpp` column for this slide (microns per level-0 pixel)"
-        if mpp is not None and not _is_nan(mpp):
+        if mpp is not None and not is_nan(mpp):
             source = f"mpp={mpp!r} (given)"
         else:
             mpp = self._slide.properties.get("openslide.mpp-x")
             if mpp is None:
                 raise MPPError(f"slide {self.name!r} ({self.path}) has no MPP in the file; {hint}")
             source = f"openslide.mpp-x={mpp} (from the file)"
-        value = _to_float(mpp)
+        value = to_float(mpp)
         if not (0 < value <= MAX_MPP):
             raise MPPError(
                 f"slide {self.name!r} ({self.path}): {source} is not a plausible "
@@ -510,69 +463,40 @@ class WSI:
         ...     print(batch.tiles.shape, batch.coords[0])
         (32, 224, 224, 3) [2240  448]
         """
-        batch_size = _positive_int("batch_size", batch_size)
+        batch_size = positive_int("batch_size", batch_size)
         if num_workers is None:
             num_workers = min(4, os.cpu_count() or 1)
         for name, value in (("num_workers", num_workers), ("prefetch", prefetch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name}={value!r} must be an integer >= 0")
-        return self._iter_batches(batch_size, num_workers, prefetch, bool(processes))
+        return self._batches(batch_size, num_workers, prefetch, bool(processes))
 
-    def _iter_batches(
+    def _batches(
         self, batch_size: int, num_workers: int, prefetch: int, processes: bool
     ) -> Iterator[TileBatch]:
         self.qc = None
-        grid = self.candidates
-        coords = self.coords_of(grid)
-        n = len(grid)
-        # chunks small enough that one batch keeps every worker busy
-        chunk = max(1, min(READ_CHUNK, -(-batch_size // max(1, num_workers))))
-        # in flight: what the current batch still lacks, plus `prefetch` batches
-        ahead = (prefetch + 1) * batch_size
-        pending: deque = deque()  # (first row, chunk length, ticket)
-        submitted = in_flight = n_kept = filled = 0
-        out, out_rows = self._empty_batch(batch_size), np.empty(batch_size, np.int64)
-        with _ChunkReader(self, num_workers, processes, chunk, ahead // chunk + 2) as reader:
-            while True:
-                while submitted < n and in_flight < ahead - filled and reader.has_room():
-                    stop = min(n, submitted + chunk)
-                    pending.append(
-                        (submitted, stop - submitted, reader.submit(coords[submitted:stop]))
-                    )
-                    in_flight += stop - submitted
-                    submitted = stop
-                if not pending:
-                    break
-                start, size, ticket = pending.popleft()
-                tiles, keep = reader.result(ticket)
-                in_flight -= size
-                rows = start + np.flatnonzero(keep)
-                n_kept += len(rows)
-                pos = 0
-                while pos < len(rows):  # copy into the batch under way, yield when full
-                    take = min(batch_size - filled, len(rows) - pos)
-                    out[filled : filled + take] = tiles[pos : pos + take]
-                    out_rows[filled : filled + take] = rows[pos : pos + take]
-                    filled += take
-                    pos += take
-                    if filled == batch_size:
-                        yield TileBatch(out, grid[out_rows], coords[out_rows])
-                        out, filled = self._empty_batch(batch_size), 0
-            if filled:
-                rows = out_rows[:filled]
-                yield TileBatch(out[:filled], grid[rows], coords[rows])
-        self.qc = {
-            "n_grid": self.grid_shape[0] * self.grid_shape[1],
-            "n_candidates": n,
-            "n_kept": n_kept,
-            "n_filtered": n - n_kept,
-        }
+        counts: dict[str, int] = {}
+        yield from iter_tile_batches(self, batch_size, num_workers, prefetch, processes, counts)
+        self.qc = counts
 
-    def _empty_batch(self, size: int) -> np.ndarray:
-        return np.empty((size, self.tile_px, self.tile_px, 3), np.uint8)
+    def read_chunk(self, handle, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Read and filter tiles with a handle of :meth:`open_handle` (None: this object's).
 
-    def _read_chunk(self, slide, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Read and filter consecutive tiles: (kept tiles, keep mask over ``coords``)."""
+        Parameters
+        ----------
+        handle : openslide.OpenSlide or None
+            One reading thread's or process's own handle.
+        coords : ndarray, shape (M, 2)
+            Level-0 (x, y) of the tiles.
+
+        Returns
+        -------
+        tiles : ndarray, shape (K, tile_px, tile_px, 3), dtype uint8
+            The tiles that pass the filters, in order.
+        keep : ndarray, shape (M,), dtype bool
+            Which of ``coords`` passed.
+        """
+        slide = self._slide if handle is None else handle
         tiles = np.stack([self._read(slide, int(x), int(y)) for x, y in coords])
         keep = self._filter(tiles)
         return (tiles if keep.all() else tiles[keep]), keep
@@ -585,7 +509,7 @@ class WSI:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._slide = self._open()
+        self._slide = self.open_handle()
 
     def _read_downscaled(self, downsample: float) -> tuple[np.ndarray, tuple[float, float]]:
         """The whole slide at about ``downsample``, read in strips of bounded memory.
@@ -627,134 +551,8 @@ class WSI:
         -------
         ndarray, shape (h, w, 3), dtype uint8
         """
-        downsample = max(1.0, max(self.dimensions) / _positive_int("max_px", max_px))
+        downsample = max(1.0, max(self.dimensions) / positive_int("max_px", max_px))
         return self._read_downscaled(downsample)[0]
-
-
-class _ChunkReader:
-    """Reads chunks of tiles (``WSI._read_chunk``) in worker threads or processes.
-
-    ``submit(coords)`` starts a chunk and returns a ticket; ``result(ticket)`` waits for
-    it and returns ``(kept tiles, keep mask)``, tickets in submission order. Threads
-    each hold an OpenSlide handle and share one decoded-tile cache. Processes (forked:
-    fast to start, nothing re-imported) each open their own handle and write the kept
-    tiles into one of ``slots`` chunk-sized slots of memory shared with this process,
-    so only the keep mask travels through a pipe; the tiles returned are a view of the
-    slot, valid until the next ``submit`` or ``result``.
-    """
-
-    def __init__(self, wsi: WSI, num_workers: int, processes: bool, chunk: int, slots: int):
-        import multiprocessing
-
-        self.wsi = wsi
-        self.num_workers = num_workers
-        self.processes = processes and num_workers > 0
-        if self.processes and "fork" not in multiprocessing.get_all_start_methods():
-            self.processes = False  # spawned workers would re-import everything: use threads
-        self.chunk, self.n_slots = chunk, slots
-        self._pool: Any = None
-        self._handles: list[Any] = []
-        self._free: deque[int] = deque()
-        self._used: int | None = None
-
-    def __enter__(self) -> _ChunkReader:
-        if self.num_workers <= 0:
-            return self
-        if self.processes:
-            import mmap
-            import multiprocessing
-            import pickle
-
-            px = self.wsi.tile_px
-            self._buffer = mmap.mmap(-1, self.n_slots * self.chunk * px * px * 3)  # shared
-            self._slots = np.frombuffer(self._buffer, np.uint8).reshape(
-                self.n_slots, self.chunk, px, px, 3
-            )
-            self._free.extend(range(self.n_slots))
-            self._pool = ProcessPoolExecutor(
-                self.num_workers,
-                mp_context=multiprocessing.get_context("fork"),
-                initializer=_init_process_reader,
-                initargs=(pickle.dumps(self.wsi), self._slots),
-            )
-            return self
-
-        import openslide
-
-        local = threading.local()
-        lock = threading.Lock()
-        # One decoded-tile cache for all handles: neighbouring tiles read by different
-        # threads share the slide's JPEG tiles, which would otherwise be decoded twice.
-        cache = openslide.OpenSlideCache(TILE_CACHE_BYTES)
-
-        def read(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            slide = getattr(local, "slide", None)
-            if slide is None:
-                slide = local.slide = self.wsi._open()
-                slide.set_cache(cache)
-                with lock:
-                    self._handles.append(slide)
-            return self.wsi._read_chunk(slide, coords)
-
-        self._read = read
-        self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix=f"wsi-{self.wsi.name}")
-        return self
-
-    def has_room(self) -> bool:
-        """Whether another chunk can be submitted (processes: a slot is free)."""
-        self._release()
-        return not self.processes or bool(self._free)
-
-    def submit(self, coords: np.ndarray) -> Any:
-        self._release()
-        if self._pool is None:
-            return coords  # read in result(), in the calling thread
-        if self.processes:
-            slot = self._free.popleft()
-            return slot, self._pool.submit(_read_chunk_in_process, slot, coords)
-        return self._pool.submit(self._read, coords)
-
-    def result(self, ticket: Any) -> tuple[np.ndarray, np.ndarray]:
-        self._release()
-        if self._pool is None:
-            return self.wsi._read_chunk(self.wsi._slide, ticket)
-        if self.processes:
-            slot, future = ticket
-            keep = future.result()
-            self._used = slot
-            return self._slots[slot, : int(keep.sum())], keep
-        return ticket.result()
-
-    def _release(self) -> None:
-        if self._used is not None:
-            self._free.append(self._used)
-            self._used = None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        for slide in self._handles:
-            slide.close()
-        # the shared slots go with their last view (an mmap cannot close under one)
-
-
-# The slide and shared slots of a reading process (see _ChunkReader), set when it starts.
-_PROCESS_WSI: WSI | None = None
-_PROCESS_SLOTS: np.ndarray | None = None
-
-
-def _init_process_reader(pickled_wsi: bytes, slots: np.ndarray) -> None:
-    import pickle
-
-    global _PROCESS_WSI, _PROCESS_SLOTS
-    _PROCESS_WSI = pickle.loads(pickled_wsi)  # opens this process's own handle
-    _PROCESS_SLOTS = slots
-
-
-def _read_chunk_in_process(slot: int, coords: np.ndarray) -> np.ndarray:
-    tiles, keep = _PROCESS_WSI._read_chunk(_PROCESS_WSI._slide, coords)
-    _PROCESS_SLOTS[slot, : len(tiles)] = tiles
-    return keep
 
 
 def _resolve_path(path: str | os.PathLike, name: str | None) -> tuple[Path, str]:
@@ -772,32 +570,6 @@ def _resolve_path(path: str | os.PathLike, name: str | None) -> tuple[Path, str]
             )
         return dicoms[0], path.name
     return path, path.stem
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(f"{name}={value!r} must be a positive integer")
-    return int(value)
-
-
-def _to_float(value: object) -> float:
-    """``float(value)``, or NaN where that fails."""
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _is_nan(value: object) -> bool:
-    """An empty sheet cell: a float NaN (pandas gives one for a missing ``mpp``)."""
-    return not isinstance(value, str) and math.isnan(_to_float(value))
-
-
-def _fraction(name: str, value: object) -> float:
-    number = _to_float(value)
-    if not 0 <= number <= 1:
-        raise ConfigError(f"{name}={value!r} must be a number in [0, 1]")
-    return number
 
 
 def _parse_hex_colour(text: str) -> tuple[int, int, int]:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from histoatlas.atomic import atomic_output, is_partial
 from histoatlas.errors import EmptyDatasetError, HistoatlasError
-from histoatlas.sheet import label_columns
+from histoatlas.io.sheet import label_columns
 
 TILE_KEYS = ["slide", "tile", "x", "y", "grid_i", "grid_j"]
 
@@ -56,7 +56,7 @@ def merge_dataset(
     """
     import h5py
 
-    from histoatlas.slide_h5 import read_slide_h5
+    from histoatlas.io.slide_h5 import read_slide_h5
 
     if len(h5_paths) != len(sheet):
         raise ValueError(f"{len(h5_paths)} h5 files for {len(sheet)} sheet rows")
@@ -280,20 +280,36 @@ class DatasetFeatures:
     @classmethod
     def from_dataset(cls, dataset_dir: str | os.PathLike) -> DatasetFeatures:
         """Load the merged dataset written by ``merge_dataset`` (the ``dataset/`` folder)."""
+        dataset_dir = Path(dataset_dir)
+        return cls.from_files(
+            tiles=dataset_dir / "tiles.parquet",
+            slides=dataset_dir / "slides.parquet",
+            features=dataset_dir / "features.h5",
+        )
+
+    @classmethod
+    def from_files(
+        cls,
+        *,
+        tiles: str | os.PathLike,
+        slides: str | os.PathLike,
+        features: str | os.PathLike,
+    ) -> DatasetFeatures:
+        """Load the dataset from its three files (``tiles.parquet``, ``slides.parquet``,
+        ``features.h5``), wherever they are."""
         import h5py
 
-        dataset_dir = Path(dataset_dir)
-        tiles = pd.read_parquet(dataset_dir / "tiles.parquet")
-        slides = pd.read_parquet(dataset_dir / "slides.parquet")
-        with h5py.File(dataset_dir / "features.h5", "r") as f:
-            features = f["features"][()]
+        tiles_df = pd.read_parquet(tiles)
+        slides_df = pd.read_parquet(slides)
+        with h5py.File(features, "r") as f:
+            array = f["features"][()]
             class_names = json.loads(f.attrs["class_names"]) or []
-        if np.isnan(features).any():
+        if np.isnan(array).any():
             raise HistoatlasError(
-                f"{dataset_dir / 'features.h5'} reads NaN rows: a per-slide file it points to "
-                "has moved or changed; rerun merge_dataset"
+                f"{features} reads NaN rows: a per-slide file it points to has moved or "
+                "changed; rerun merge_dataset"
             )
-        return cls(tiles, features, slides=slides, class_names=class_names)
+        return cls(tiles_df, array, slides=slides_df, class_names=class_names)
 
     @classmethod
     def from_h5_dir(
@@ -308,7 +324,7 @@ class DatasetFeatures:
         slides : sequence of str, optional
             Which slides, in this order; default all ``*.h5`` files, sorted.
         """
-        from histoatlas.slide_h5 import read_slide_h5
+        from histoatlas.io.slide_h5 import read_slide_h5
 
         folder = Path(folder)
         if slides is not None:
@@ -339,7 +355,7 @@ class DatasetFeatures:
 
     def map_activations(self, **kwargs):
         """Fit UMAP on the activations; see :meth:`histoatlas.SlideMap.from_features`."""
-        from histoatlas.slidemap import SlideMap
+        from histoatlas.analysis.slidemap import SlideMap
 
         return SlideMap.from_features(self, **kwargs)
 

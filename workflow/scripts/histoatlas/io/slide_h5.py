@@ -43,7 +43,7 @@ FILE_ATTRS = (
     "histoatlas_version",
 )
 # Optional file attributes: the tiling's tile counts (grid tiles, tissue candidates, tiles
-# kept after the filters, candidates filtered out), read by histoatlas.qc.
+# kept after the filters, candidates filtered out), read by histoatlas.pipeline.qc.
 QC_ATTRS = ("n_grid", "n_candidates", "n_kept", "n_filtered")
 COORDS_ATTRS = (
     "patch_size",
