@@ -46,7 +46,7 @@ import pytest
 import yaml
 
 from tests.cluster.jobprobe import probe_env, read_probes
-from tests.integration.cohort import SNAKEFILE, write_cohort
+from tests.integration.cohort import SNAKEFILE, tiny_config, write_cohort
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -324,7 +324,8 @@ def test_outputs_equal_a_local_run(runs):
     selected = pd.read_csv(local / "results/tiny/saliency/tiles.csv")
     pd.testing.assert_frame_equal(selected, pd.read_csv(slurm / "results/tiny/saliency/tiles.csv"))
     maps = pd.read_csv(local / "results/tiny/saliency/maps.csv")
-    assert len(maps) == len(selected) * 3  # vanilla, integrated_gradients, gradcam
+    methods = tiny_config()["saliency"]["methods"]  # the shipped config's six
+    assert len(maps) == len(selected) * len(methods) and set(maps["method"]) == set(methods)
     for npy in maps["npy"]:
         np.testing.assert_allclose(np.load(local / npy), np.load(slurm / npy), atol=1e-5)
 
