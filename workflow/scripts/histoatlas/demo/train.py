@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,45 @@ log = logging.getLogger(__name__)
 WEIGHTS = {"torch": "weights.pt", "tensorflow": "model.keras"}
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """How the demo CNN is trained.
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the training tiles.
+    seed : int
+        Seeds the split, data order, augmentations and weights.
+    max_seconds : float
+        Training time budget in seconds (tiling and evaluation not counted), checked after
+        every batch.
+    batch_size : int
+        Tiles per optimisation step.
+    learning_rate : float
+        Adam's learning rate.
+    val_fraction : float
+        Fraction of each class's tiles held out.
+    width : int
+        ``width`` of :func:`histoatlas.backends.torch.architectures.demo_cnn`.
+    num_threads : int, optional
+        Intra-op threads of the framework; default: all cores (``os.cpu_count()``).
+    backend : {"torch", "tensorflow"}
+        Train the torch ``demo_cnn`` or the same network in Keras 3
+        (:func:`histoatlas.backends.keras.architectures.demo_cnn_keras`).
+    """
+
+    epochs: int = 10
+    seed: int = 0
+    max_seconds: float = 60
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    val_fraction: float = 0.2
+    width: int = 16
+    num_threads: int | None = None
+    backend: str = "torch"
+
+
 def train_demo_model(
     slide_paths: Sequence[str | os.PathLike],
     label_paths: Sequence[str | os.PathLike],
@@ -45,23 +85,14 @@ def train_demo_model(
     class_names: Sequence[str],
     tile_px: int = 224,
     tile_um: float | str = 112,
-    epochs: int = 10,
-    seed: int = 0,
-    max_seconds: float = 60,
-    batch_size: int = 32,
-    learning_rate: float = 2e-3,
-    val_fraction: float = 0.2,
-    width: int = 16,
-    num_threads: int | None = None,
-    backend: str = "torch",
+    options: TrainOptions = TrainOptions(),
 ) -> dict:
-    """Train :func:`histoatlas.backends.torch.architectures.demo_cnn` on the demo slides.
+    """Train the demo CNN on the demo slides and write its model directory.
 
     Adam on class-balanced cross-entropy, random flips and 90-degree rotations, a
-    stratified held-out split of the tiles. Stops after ``epochs`` or once
-    ``max_seconds`` of training have passed (checked after every batch), then measures
-    accuracy with the final weights, which are the ones saved. Progress goes to this
-    module's logger.
+    stratified held-out split of the tiles. Stops after ``options.epochs`` or once
+    ``options.max_seconds`` of training have passed, then measures accuracy with the final
+    weights, which are the ones saved. Progress goes to this module's logger.
 
     Parameters
     ----------
@@ -74,29 +105,9 @@ def train_demo_model(
         ``[slide path, x, y, label]``). Replaced as a whole, only when complete.
     class_names : sequence of str
         Class names, in label order (as stored in the class maps).
-    tile_px : int
-        Tile edge in pixels, written to ``params.json``.
-    tile_um : float or str
-        Tile edge in microns (or ``"20x"``), written to ``params.json``.
-    epochs : int
-        Passes over the training tiles.
-    seed : int
-        Seeds the split, data order, augmentations and weights.
-    max_seconds : float
-        Training time budget in seconds (tiling and evaluation not counted).
-    batch_size : int
-        Tiles per optimisation step.
-    learning_rate : float
-        Adam's learning rate.
-    val_fraction : float
-        Fraction of each class's tiles held out.
-    width : int
-        ``width`` of :func:`demo_cnn`.
-    num_threads : int, optional
-        Intra-op threads of the framework; default: all cores (``os.cpu_count()``).
-    backend : {"torch", "tensorflow"}
-        Train the torch ``demo_cnn`` or the same network in Keras 3
-        (:func:`histoatlas.backends.keras.architectures.demo_cnn_keras`).
+    tile_px, tile_um : int, float or str
+        The tiling (``tile_um`` may be ``"20x"``), written to ``params.json``.
+    options : TrainOptions
 
     Returns
     -------
@@ -112,65 +123,81 @@ def train_demo_model(
     SheetError
         If the class maps do not match ``class_names``.
     ConfigError
-        If ``backend`` is neither ``torch`` nor ``tensorflow``.
+        If ``options.backend`` is neither ``torch`` nor ``tensorflow``.
 
     Examples
     --------
-    >>> train_demo_model(  # doctest: +SKIP
-    ...     ["demo-1.tiff"], ["demo-1.labels.png"], "model",
-    ...     class_names=["epithelium", "stroma", "ihc"],
-    ... )
+    >>> train_demo_model(["demo-1.tiff"], ["demo-1.labels.png"], "model",
+    ...                  class_names=["epithelium", "stroma", "ihc"])  # doctest: +SKIP
     {'train_accuracy': 0.97, 'val_accuracy': 0.95, 'n_tiles': 160, ...}
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"demo backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    opts = options
+    if opts.backend not in BACKENDS:
+        raise ConfigError(f"demo backend {opts.backend!r} is not one of {', '.join(BACKENDS)}")
     class_names = tuple(class_names)
     data = collect_labelled_tiles(
         slide_paths, label_paths, class_names=class_names, tile_px=tile_px, tile_um=tile_um
     )
     counts = _class_counts(data["labels"], class_names, n_slides=len(slide_paths))
-    train, val = split_indices(data["labels"], val_fraction=val_fraction, seed=seed)
+    train, val = split_indices(data["labels"], val_fraction=opts.val_fraction, seed=opts.seed)
     mean, std = channel_stats(data["tiles"][train])
-    trainer = backend_module(backend, "training").Trainer(
-        n_classes=len(class_names),
-        width=width,
-        tile_px=int(data["tiles"].shape[1]),
-        mean=mean,
-        std=std,
-        # balanced loss: the demo's classes cover unequal areas
-        class_weights=counts.sum() / np.maximum(counts, 1) / len(counts),
-        learning_rate=learning_rate,
-        seed=seed,
-        num_threads=num_threads or os.cpu_count() or 1,
+    trainer = _trainer(
+        opts, n_classes=len(class_names), data=data, mean=mean, std=std, counts=counts
     )
-    epochs_done, seconds = _fit(trainer, data, train, epochs, seed, max_seconds, batch_size)
+    epochs, seconds = _fit(trainer, data, train, opts)
     result = _evaluate(trainer, data, train, val, class_names, counts)
-    result.update(epochs=epochs_done, seconds=round(seconds, 2), backend=backend)
+    result.update(epochs=epochs, seconds=round(seconds, 2), backend=opts.backend)
     log.info(
         f"accuracy: train {result['train_accuracy']:.3f}, held-out {result['val_accuracy']:.3f} "
-        f"on {len(val)} tiles (chance {1 / len(class_names):.3f}); {epochs_done} epochs in "
+        f"on {len(val)} tiles (chance {1 / len(class_names):.3f}); {epochs} epochs in "
         f"{seconds:.1f} s"
     )
-    params = ModelParams(
-        backend=backend,
+    params = _model_params(opts, class_names, tile_px, tile_um, mean, std)
+    training = {**result, "held_out": _held_out(data, val, slide_paths)}
+    _write_model_dir(Path(out_dir), trainer.save, params, training)
+    return result
+
+
+def _model_params(opts: TrainOptions, class_names, tile_px, tile_um, mean, std) -> ModelParams:
+    """The demo model directory's ``params.json``."""
+    return ModelParams(
+        backend=opts.backend,
         architecture="demo_cnn",
-        weights=WEIGHTS[backend],
+        weights=WEIGHTS[opts.backend],
         tile_px=int(tile_px),
         tile_um=tile_um,
         mean=tuple(float(v) for v in mean),
         std=tuple(float(v) for v in std),
         class_names=class_names,
         output="softmax",
-        architecture_kwargs={"num_classes": len(class_names), "width": int(width)},
+        architecture_kwargs={"num_classes": len(class_names), "width": int(opts.width)},
     )
-    held_out = [
+
+
+def _trainer(opts: TrainOptions, *, n_classes: int, data: dict, mean, std, counts):
+    """The backend's ``Trainer`` for the demo CNN."""
+    return backend_module(opts.backend, "training").Trainer(
+        n_classes=n_classes,
+        width=opts.width,
+        tile_px=int(data["tiles"].shape[1]),
+        mean=mean,
+        std=std,
+        # balanced loss: the demo's classes cover unequal areas
+        class_weights=counts.sum() / np.maximum(counts, 1) / len(counts),
+        learning_rate=opts.learning_rate,
+        seed=opts.seed,
+        num_threads=opts.num_threads or os.cpu_count() or 1,
+    )
+
+
+def _held_out(data: dict, val: np.ndarray, slide_paths) -> list:
+    """The held-out tiles as ``[slide path, x, y, label]``."""
+    return [
         [str(slide_paths[int(s)]), int(x), int(y), int(c)]
         for s, (x, y), c in zip(
             data["slide"][val], data["coords"][val], data["labels"][val], strict=True
         )
     ]
-    _write_model_dir(Path(out_dir), trainer.save, params, {**result, "held_out": held_out})
-    return result
 
 
 def _class_counts(labels: np.ndarray, class_names: tuple[str, ...], *, n_slides: int):
@@ -189,13 +216,14 @@ def _class_counts(labels: np.ndarray, class_names: tuple[str, ...], *, n_slides:
     return counts
 
 
-def _fit(trainer, data: dict, train: np.ndarray, epochs, seed, max_seconds, batch_size):
+def _fit(trainer, data: dict, train: np.ndarray, opts: TrainOptions):
     """The training loop: seeded order and augmentations, stopped by the time budget.
 
     Returns the epochs completed (fractional if cut short) and the seconds spent.
     """
     tiles, labels = data["tiles"], data["labels"]
-    rng = np.random.default_rng(seed)
+    epochs, batch_size = opts.epochs, opts.batch_size
+    rng = np.random.default_rng(opts.seed)
     start = time.monotonic()
     steps_done, steps_per_epoch = 0, -(-len(train) // batch_size)
     out_of_time = False
@@ -207,7 +235,7 @@ def _fit(trainer, data: dict, train: np.ndarray, epochs, seed, max_seconds, batc
             total += trainer.step(augment(tiles[rows], rng), labels[rows]) * len(rows)
             seen += len(rows)
             steps_done += 1
-            if time.monotonic() - start > max_seconds:
+            if time.monotonic() - start > opts.max_seconds:
                 out_of_time = True
                 break
         log.info(

@@ -154,13 +154,13 @@ class _ChunkReader:
         cache = openslide.OpenSlideCache(TILE_CACHE_BYTES)
 
         def read(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            slide = getattr(local, "slide", None)
-            if slide is None:
-                slide = local.slide = self.wsi.open_handle()
-                slide.set_cache(cache)
+            reader = getattr(local, "reader", None)
+            if reader is None:
+                reader = local.reader = self.wsi.open_reader()
+                reader.share_cache(cache)
                 with lock:
-                    self._handles.append(slide)
-            return self.wsi.read_chunk(slide, coords)
+                    self._handles.append(reader)
+            return self.wsi.read_chunk(reader, coords)
 
         self._read = read
         self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix=f"wsi-{self.wsi.name}")

@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from histoatlas.errors import ConfigError
+from histoatlas.errors import ConfigError, MPPError
+
+# MPP outside (0, MAX_MPP] is a wrong tag (e.g. a 72 dpi screen resolution), not a scan.
+MAX_MPP = 100.0
 
 
 @dataclass(frozen=True)
@@ -137,4 +140,37 @@ def fraction(name: str, value: object) -> float:
     number = to_float(value)
     if not 0 <= number <= 1:
         raise ConfigError(f"{name}={value!r} must be a number in [0, 1]")
+    return number
+
+
+def slide_mpp(given, from_file, *, name: str, path) -> float:
+    """A slide's microns per level-0 pixel: ``given`` (the sheet's), else the file's.
+
+    Parameters
+    ----------
+    given : float or None
+        The sheet's ``mpp``; None or NaN (an empty cell) uses the file's.
+    from_file : str or None
+        ``openslide.mpp-x`` of the file.
+    name, path
+        The slide, for messages.
+
+    Raises
+    ------
+    MPPError
+        If there is none, or it is not in (0, 100].
+    """
+    hint = "set the sheet's `mpp` column for this slide (microns per level-0 pixel)"
+    if given is not None and not is_nan(given):
+        value, source = given, f"mpp={given!r} (given)"
+    else:
+        if from_file is None:
+            raise MPPError(f"slide {name!r} ({path}) has no MPP in the file; {hint}")
+        value, source = from_file, f"openslide.mpp-x={from_file} (from the file)"
+    number = to_float(value)
+    if not (0 < number <= MAX_MPP):
+        raise MPPError(
+            f"slide {name!r} ({path}): {source} is not a plausible microns per pixel "
+            f"(must be in (0, {MAX_MPP:g}]); {hint}"
+        )
     return number

@@ -11,33 +11,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
-from histoatlas.errors import ConfigError, MPPError, SlideError, TileReadError
+from histoatlas.errors import ConfigError
 from histoatlas.io import tissue
 from histoatlas.io.batches import TileBatch, iter_tile_batches
-from histoatlas.io.tiling import (
-    fraction,
-    is_nan,
-    parse_tile_um,
-    positive_int,
-    to_float,
-)
+from histoatlas.io.grid import TileGrid
+from histoatlas.io.regions import OpenSlideRegions, RegionReader, resolve_slide_path
+from histoatlas.io.tiling import fraction, parse_tile_um, positive_int, slide_mpp, to_float
 
 __all__ = ["WSI", "TileBatch", "parse_tile_um"]
 
-# MPP outside (0, MAX_MPP] is a wrong tag (e.g. a 72 dpi screen resolution), not a scan.
-MAX_MPP = 100.0
 # A level whose downsample exceeds the one needed by less than this (relative) still
 # counts as adequate: pyramids store 2.0003 or 4.002 for nominal 2 and 4.
 LEVEL_TOLERANCE = 0.01
-# Memory cap of one read while building a thumbnail (bytes of RGBA at the read level).
-THUMBNAIL_STRIP_BYTES = 64 * 2**20
 
 
-class WSI:
+class WSI(TileGrid):
     """A whole-slide image tiled into a grid of ``tile_px`` tiles of ``tile_um`` microns.
 
     Parameters
@@ -144,20 +135,23 @@ class WSI:
         if not 0 <= self.whitespace_threshold <= 255:
             raise ConfigError(f"whitespace_threshold={whitespace_threshold!r} must lie in [0, 255]")
 
-        self.path, default_name = _resolve_path(path, name)
+        self.path, default_name = resolve_slide_path(path, name)
         self.name = name if name is not None else default_name
-        self._slide = self.open_handle()
+        self._reader = self.open_reader()
         try:
             self.mpp = self._get_mpp(mpp)
             self._set_grid()
         except BaseException:
-            self._slide.close()
+            self._reader.close()
             raise
         self.dimensions: tuple[int, int] = tuple(int(v) for v in self._slide.dimensions)
-        background = self._slide.properties.get("openslide.background-color", "FFFFFF")
-        self._background = _parse_hex_colour(background)
         self._tissue_mask: np.ndarray | None = None
         self.qc: dict[str, int] | None = None
+
+    @property
+    def _slide(self):
+        """The OpenSlide handle of this object's own reader (levels, properties)."""
+        return self._reader.handle
 
     @classmethod
     def from_options(
@@ -196,35 +190,13 @@ class WSI:
 
     # -- opening --------------------------------------------------------------
 
-    def open_handle(self):
-        """A new OpenSlide handle on the slide (one per reading thread or process)."""
-        import openslide
-
-        try:
-            return openslide.OpenSlide(str(self.path))
-        except openslide.OpenSlideError as err:
-            raise SlideError(
-                f"slide {self.name!r}: OpenSlide cannot open {self.path} ({err}); "
-                "check that the file is a complete whole-slide image in a format "
-                "OpenSlide reads"
-            ) from err
+    def open_reader(self) -> RegionReader:
+        """A new region reader of the slide (one per reading thread or process)."""
+        return OpenSlideRegions(self.path, name=self.name)
 
     def _get_mpp(self, mpp: float | None) -> float:
-        hint = "set the sheet's `mpp` column for this slide (microns per level-0 pixel)"
-        if mpp is not None and not is_nan(mpp):
-            source = f"mpp={mpp!r} (given)"
-        else:
-            mpp = self._slide.properties.get("openslide.mpp-x")
-            if mpp is None:
-                raise MPPError(f"slide {self.name!r} ({self.path}) has no MPP in the file; {hint}")
-            source = f"openslide.mpp-x={mpp} (from the file)"
-        value = to_float(mpp)
-        if not (0 < value <= MAX_MPP):
-            raise MPPError(
-                f"slide {self.name!r} ({self.path}): {source} is not a plausible "
-                f"microns per pixel (must be in (0, {MAX_MPP:g}]); {hint}"
-            )
-        return value
+        file_mpp = self._slide.properties.get("openslide.mpp-x")
+        return slide_mpp(mpp, file_mpp, name=self.name, path=self.path)
 
     def _level_for(self, downsample: float) -> int:
         """Coarsest level whose downsample is at most ``downsample`` (within tolerance)."""
@@ -236,8 +208,8 @@ class WSI:
         return max(ok, default=0)
 
     def close(self) -> None:
-        """Close the OpenSlide handle; the object cannot read tiles afterwards."""
-        self._slide.close()
+        """Close the slide; the object cannot read tiles afterwards."""
+        self._reader.close()
 
     def __enter__(self) -> WSI:
         return self
@@ -254,91 +226,6 @@ class WSI:
             f"read_level={self.read_level})"
         )
 
-    # -- grid ------------------------------------------------------------------
-
-    @property
-    def tissue_mask(self) -> np.ndarray:
-        """Candidate grid tiles, bool ``(n_x, n_y)``; computed on first use."""
-        if self._tissue_mask is None:
-            if not self.otsu:
-                self._tissue_mask = np.ones(self.grid_shape, bool)
-            elif 0 in self.grid_shape:
-                self._tissue_mask = np.zeros(self.grid_shape, bool)
-            else:
-                self._tissue_mask = self._detect_tissue()
-        return self._tissue_mask
-
-    def _detect_tissue(self) -> np.ndarray:
-        width, height = self.dimensions
-        # Fine enough for a few mask pixels per grid step, coarse enough to stay small.
-        longest = max(width, height)
-        downsample = max(min(longest / 1024, self.stride_level0 / 4), longest / 4096, 1.0)
-        thumb, scale = self._read_downscaled(downsample)
-        fractions = tissue.grid_fractions(
-            tissue.tissue_mask(thumb),
-            scale,
-            patch=self.patch_size_level0,
-            stride=self.stride_level0,
-            grid_shape=self.grid_shape,
-        )
-        return fractions >= self.tissue_fraction
-
-    @property
-    def candidates(self) -> np.ndarray:
-        """Grid indices (i, j) of candidate tiles, int32 ``(M, 2)``, row by row."""
-        # argwhere on the (n_y, n_x) transpose orders by j, then i.
-        return np.ascontiguousarray(np.argwhere(self.tissue_mask.T)[:, ::-1], dtype=np.int32)
-
-    def coords_of(self, ij: np.ndarray) -> np.ndarray:
-        """Level-0 (x, y) of the top-left corner of grid tiles.
-
-        Parameters
-        ----------
-        ij : array_like, shape (M, 2) or (2,)
-            Grid indices (i, j).
-
-        Returns
-        -------
-        ndarray, same shape, dtype int64
-            ``ij * stride_level0``.
-        """
-        return np.asarray(ij, dtype=np.int64) * self.stride_level0
-
-    def tile_at(self, x: float, y: float) -> tuple[int, int]:
-        """Grid index (i, j) of the tile containing level-0 point (x, y).
-
-        With overlapping tiles (``stride_div > 1``) a point lies in several; this is
-        the one that starts last, i.e. ``floor(x / stride)`` clipped to the grid.
-
-        Raises
-        ------
-        SlideError
-            If the point is outside the slide, or in the margin that no full tile
-            covers.
-
-        Examples
-        --------
-        >>> wsi.tile_at(1000, 250)  # doctest: +SKIP
-        (4, 1)
-        """
-        width, height = self.dimensions
-        if not (0 <= x < width and 0 <= y < height):
-            raise SlideError(
-                f"slide {self.name!r}: point (x, y) = ({x}, {y}) is outside the slide "
-                f"(level-0 size {width} x {height})"
-            )
-        index = []
-        for value, n in zip((x, y), self.grid_shape, strict=True):
-            k = min(int(value // self.stride_level0), n - 1)
-            if k < 0 or value >= k * self.stride_level0 + self.patch_size_level0:
-                raise SlideError(
-                    f"slide {self.name!r}: point (x, y) = ({x}, {y}) is outside the tile "
-                    f"grid {self.grid_shape} (full tiles of {self.patch_size_level0} px "
-                    "from the top-left corner)"
-                )
-            index.append(k)
-        return index[0], index[1]
-
     # -- reading ---------------------------------------------------------------
 
     def read_tile(self, x: int, y: int) -> np.ndarray:
@@ -351,9 +238,9 @@ class WSI:
         Raises
         ------
         TileReadError
-            If OpenSlide fails to read the region (corrupt or truncated file).
+            If the region cannot be decoded (corrupt or truncated file).
         """
-        return self._read(self._slide, int(x), int(y))
+        return self._read(self._reader, int(x), int(y))
 
     def __getitem__(self, ij: tuple[int, int]) -> np.ndarray:
         """Read grid tile (i, j): column i, row j."""
@@ -366,33 +253,17 @@ class WSI:
             )
         return self.read_tile(i * self.stride_level0, j * self.stride_level0)
 
-    def _read(self, slide, x: int, y: int) -> np.ndarray:
+    def _read(self, reader: RegionReader, x: int, y: int) -> np.ndarray:
         from PIL import Image
 
         size = (self._region_px, self._region_px)
-        region = self._read_region(slide, (x, y), self.read_level, size, f"(x, y) = ({x}, {y})")
+        region = reader.read_region((x, y), self.read_level, size, f"(x, y) = ({x}, {y})")
         if size[0] != self.tile_px:
-            region = region.resize((self.tile_px, self.tile_px), Image.Resampling.BILINEAR)
-        return np.asarray(region)
-
-    def _read_region(self, slide, location, level, size, what):
-        """``slide.read_region`` as an RGB PIL image; transparency shows the background."""
-        import openslide
-        from PIL import Image
-
-        try:
-            region = slide.read_region(location, level, size)
-        except openslide.OpenSlideError as err:
-            raise TileReadError(
-                f"slide {self.name!r}: cannot read level-0 {what} at level {level} "
-                f"from {self.path} ({err}); the file is corrupt or truncated"
-            ) from err
-        # Pixels outside the scanned area are transparent (alpha 0, RGB 0). (The alpha
-        # band alone: getextrema() of all four bands costs three times as much.)
-        if region.getchannel("A").getextrema()[0] < 255:
-            canvas = Image.new("RGBA", region.size, (*self._background, 255))
-            region = Image.alpha_composite(canvas, region)
-        return region.convert("RGB")
+            resized = Image.fromarray(region).resize(
+                (self.tile_px, self.tile_px), Image.Resampling.BILINEAR
+            )
+            region = np.asarray(resized)
+        return region
 
     def passes_filters(self, tile: np.ndarray) -> bool:
         """Whether a tile passes this slide's grayspace and whitespace filters.
@@ -479,13 +350,13 @@ class WSI:
         yield from iter_tile_batches(self, batch_size, num_workers, prefetch, processes, counts)
         self.qc = counts
 
-    def read_chunk(self, handle, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Read and filter tiles with a handle of :meth:`open_handle` (None: this object's).
+    def read_chunk(self, reader, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Read and filter tiles with a reader of :meth:`open_reader` (None: this object's).
 
         Parameters
         ----------
-        handle : openslide.OpenSlide or None
-            One reading thread's or process's own handle.
+        reader : RegionReader or None
+            One reading thread's or process's own reader.
         coords : ndarray, shape (M, 2)
             Level-0 (x, y) of the tiles.
 
@@ -496,84 +367,17 @@ class WSI:
         keep : ndarray, shape (M,), dtype bool
             Which of ``coords`` passed.
         """
-        slide = self._slide if handle is None else handle
-        tiles = np.stack([self._read(slide, int(x), int(y)) for x, y in coords])
+        reader = self._reader if reader is None else reader
+        tiles = np.stack([self._read(reader, int(x), int(y)) for x, y in coords])
         keep = self._filter(tiles)
         return (tiles if keep.all() else tiles[keep]), keep
 
     def __getstate__(self) -> dict:
-        """Pickle without the OpenSlide handle; unpickling opens a new one."""
+        """Pickle without the open file; unpickling opens a new reader."""
         state = dict(self.__dict__)
-        del state["_slide"]
+        del state["_reader"]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._slide = self.open_handle()
-
-    def _read_downscaled(self, downsample: float) -> tuple[np.ndarray, tuple[float, float]]:
-        """The whole slide at about ``downsample``, read in strips of bounded memory.
-
-        Returns the RGB image and its scale (level-0 pixels per image pixel, x and y).
-        """
-        from PIL import Image
-
-        width, height = self.dimensions
-        out_w, out_h = max(1, round(width / downsample)), max(1, round(height / downsample))
-        level = self._level_for(downsample)
-        level_w, level_h = self._slide.level_dimensions[level]
-        level_ds = self._slide.level_downsamples[level]
-        rows_per_px = level_h / out_h
-        step = max(1, int(THUMBNAIL_STRIP_BYTES / (4 * level_w * rows_per_px)))
-        strips = []
-        for r0 in range(0, out_h, step):
-            r1 = min(out_h, r0 + step)
-            y0, y1 = round(r0 * rows_per_px), round(r1 * rows_per_px)
-            region = self._read_region(
-                self._slide,
-                (0, round(y0 * level_ds)),
-                level,
-                (level_w, max(1, y1 - y0)),
-                f"rows {round(y0 * level_ds)}.. (thumbnail)",
-            )
-            strips.append(np.asarray(region.resize((out_w, r1 - r0), Image.Resampling.BOX)))
-        return np.concatenate(strips), (width / out_w, height / out_h)
-
-    def thumbnail(self, max_px: int = 1024) -> np.ndarray:
-        """The whole slide downscaled so its longer side is ``max_px`` (or less).
-
-        Parameters
-        ----------
-        max_px : int
-            Longer side of the result; slides smaller than that are not enlarged.
-
-        Returns
-        -------
-        ndarray, shape (h, w, 3), dtype uint8
-        """
-        downsample = max(1.0, max(self.dimensions) / positive_int("max_px", max_px))
-        return self._read_downscaled(downsample)[0]
-
-
-def _resolve_path(path: str | os.PathLike, name: str | None) -> tuple[Path, str]:
-    """The file to open (a DICOM folder gives its first .dcm) and the default name."""
-    path = Path(path)
-    label = name if name is not None else path.stem
-    if not path.exists():
-        raise SlideError(f"slide {label!r}: file not found: {path}; check the sheet's `path`")
-    if path.is_dir():
-        dicoms = sorted(path.glob("*.dcm"))
-        if not dicoms:
-            raise SlideError(
-                f"slide {label!r}: {path} is a folder without .dcm files; give the "
-                "slide file itself"
-            )
-        return dicoms[0], path.name
-    return path, path.stem
-
-
-def _parse_hex_colour(text: str) -> tuple[int, int, int]:
-    try:
-        return tuple(bytes.fromhex(text.strip().lstrip("#"))[:3])  # type: ignore[return-value]
-    except ValueError:
-        return (255, 255, 255)
+        self._reader = self.open_reader()

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from histoatlas.errors import ConfigError
+
 _PY_TYPES = {
     "integer": int,
     "number": (int, float),
@@ -122,8 +124,6 @@ def check_config(config: dict, schema: dict) -> None:
     """
     from jsonschema.exceptions import best_match
     from jsonschema.validators import validator_for
-
-    from histoatlas.errors import ConfigError
 
     validator = validator_for(schema)(schema)
     error = best_match(validator.iter_errors(config))

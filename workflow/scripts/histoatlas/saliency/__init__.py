@@ -19,9 +19,11 @@ Examples
 from __future__ import annotations
 
 from histoatlas.saliency import plot_utils
-from histoatlas.saliency.maps import METHODS, SMOOTH_DEFAULTS, SaliencyMap, write_saliency_maps
+from histoatlas.saliency.maps import METHODS, SaliencyMap
 from histoatlas.saliency.plot_utils import comparison, inferno, overlay, overview
 from histoatlas.saliency.select import select_tiles, select_tiles_to_csv
+from histoatlas.saliency.smooth import SMOOTH_DEFAULTS
+from histoatlas.saliency.writer import write_saliency_maps
 
 __all__ = [
     "METHODS",

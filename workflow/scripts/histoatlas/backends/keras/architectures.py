@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from histoatlas.backends.keras.model import keras3
 from histoatlas.errors import ModelError
 
 
@@ -35,7 +36,6 @@ def demo_cnn_keras(num_classes: int = 2, width: int = 16, *, tile_px: int | None
     keras.Model
         A functional model named ``demo_cnn``.
     """
-    from histoatlas.backends.keras.model import keras3
 
     keras = keras3()
     layers = keras.layers

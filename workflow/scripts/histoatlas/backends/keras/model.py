@@ -20,6 +20,7 @@ from histoatlas.backends.base import (
     postconv_undefined_message,
     unknown_layer_message,
 )
+from histoatlas.backends.keras.gradients import KerasGradients
 from histoatlas.backends.keras.graph import (
     directory_sha256,
     final_activation,
@@ -277,7 +278,6 @@ class KerasModel(LoadedModel):
 
     def gradients(self):
         """``tf.GradientTape`` gradients (:class:`KerasGradients`)."""
-        from histoatlas.backends.keras.gradients import KerasGradients
 
         return KerasGradients(self)
 

@@ -62,9 +62,7 @@ class Trainer:
 
     def step(self, tiles: np.ndarray, labels: np.ndarray) -> float:
         """One optimisation step on uint8 tiles ``(B, H, W, 3)``; returns the batch's loss."""
-        loss = self.model.train_on_batch(
-            self._input(tiles), labels, class_weight=self.class_weight
-        )
+        loss = self.model.train_on_batch(self._input(tiles), labels, class_weight=self.class_weight)
         return float(np.asarray(loss).ravel()[0])
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:

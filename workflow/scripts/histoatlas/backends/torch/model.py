@@ -16,6 +16,8 @@ import numpy as np
 
 from histoatlas import runtime
 from histoatlas.backends.base import PRECISIONS, LoadedModel
+from histoatlas.backends.torch.forward import HookedForward, pipelined_batches
+from histoatlas.backends.torch.gradients import TorchGradients
 from histoatlas.errors import ConfigError
 
 
@@ -115,7 +117,6 @@ class TorchModel(LoadedModel):
 
         See :class:`histoatlas.backends.torch.forward.HookedForward`.
         """
-        from histoatlas.backends.torch.forward import HookedForward
 
         return HookedForward(self, layers, pooling=pooling, precision=precision)
 
@@ -162,7 +163,6 @@ class TorchModel(LoadedModel):
         if not self.device.startswith("cuda"):
             yield from super().forward_batches(batches, run, prefetch_depth=prefetch_depth)
             return
-        from histoatlas.backends.torch.forward import pipelined_batches
 
         yield from pipelined_batches(self, batches, run, prefetch_depth=max(1, prefetch_depth))
 
@@ -170,7 +170,6 @@ class TorchModel(LoadedModel):
 
     def gradients(self):
         """Autograd's input and layer gradients (:class:`TorchGradients`)."""
-        from histoatlas.backends.torch.gradients import TorchGradients
 
         return TorchGradients(
             self.model,

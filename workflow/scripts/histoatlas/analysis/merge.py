@@ -1,0 +1,183 @@
+"""Merging a cohort's per-slide HDF5 files into its dataset table (the merge rule's work).
+
+``merge_dataset`` writes ``tiles.parquet`` (one row per tile), ``slides.parquet`` (one row
+per slide) and ``features.h5``, whose ``features`` is an HDF5 virtual dataset over the
+per-slide files (no copy of the activations) and whose ``slide_features`` holds each
+slide's mean activation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from histoatlas.atomic import atomic_output
+from histoatlas.errors import HistoatlasError
+from histoatlas.io.sheet import label_columns
+from histoatlas.io.slide_h5 import read_slide_h5
+
+TILE_KEYS = ["slide", "tile", "x", "y", "grid_i", "grid_j"]
+
+
+def merge_dataset(
+    h5_paths: Sequence[str | os.PathLike],
+    sheet: pd.DataFrame,
+    *,
+    tiles_path: str | os.PathLike,
+    slides_path: str | os.PathLike,
+    features_path: str | os.PathLike,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Merge per-slide HDF5 files into the cohort's dataset table.
+
+    Parameters
+    ----------
+    h5_paths : sequence of path
+        One per-slide file per row of ``sheet``, in the same order.
+    sheet : DataFrame
+        The checked slide sheet (``slide``, ``path``, optional ``mpp``, labels).
+    tiles_path, slides_path, features_path : path
+        Where to write ``tiles.parquet``, ``slides.parquet`` and ``features.h5``.
+
+    Returns
+    -------
+    tiles, slides : DataFrame
+        The tables as written.
+
+    Raises
+    ------
+    HistoatlasError
+        If the files disagree on layers, feature width or classes (they come from
+        different featuresets), naming the first file that differs.
+    """
+
+    if len(h5_paths) != len(sheet):
+        raise ValueError(f"{len(h5_paths)} h5 files for {len(sheet)} sheet rows")
+    labels = label_columns(sheet)
+    tiles, slides, slide_means, sources = [], [], [], []
+    reference = None
+    for path, (_, row) in zip(h5_paths, sheet.iterrows(), strict=True):
+        sf = read_slide_h5(path)
+        signature = _signature(sf.attrs, sf.features.shape[1])
+        if reference is None:
+            reference = (path, signature, sf.attrs)
+        elif signature != reference[1]:
+            raise HistoatlasError(
+                f"{path} has layers/width/classes {signature}, but {reference[0]} has "
+                f"{reference[1]}; all slides of a dataset must come from one featureset"
+            )
+        n, width = len(sf.coords), sf.features.shape[1]
+        tiles.append(_slide_tiles(row, sf, labels))
+        slides.append(_slide_row(row, sf, labels))
+        slide_means.append(
+            sf.features.mean(axis=0) if n else np.full(width, np.nan, dtype=np.float32)
+        )
+        sources.append((Path(path), n, width))
+    tiles_df = pd.concat(tiles, ignore_index=True)
+    slides_df = pd.DataFrame(slides)
+    with atomic_output(tiles_path) as tmp:
+        tiles_df.to_parquet(tmp, index=False)
+    with atomic_output(slides_path) as tmp:
+        slides_df.to_parquet(tmp, index=False)
+    _write_features_h5(features_path, sources, slide_means, slides_df, reference[2])
+    return tiles_df, slides_df
+
+
+def _slide_tiles(row, sf, labels: list[str]) -> pd.DataFrame:
+    """One slide's rows of ``tiles.parquet``: keys, the sheet's labels, predictions."""
+    table = tile_keys(row["slide"], sf)
+    for label in labels:
+        table[label] = row[label]
+    if sf.predictions is not None:
+        names = class_names_of(sf.attrs, sf.predictions.shape[1])
+        for k, name in enumerate(names):
+            table[f"pred_{name}"] = sf.predictions[:, k]
+        table["pred_label"] = pd.Series(
+            np.asarray(names, dtype=object)[sf.predictions.argmax(axis=1)]
+            if len(sf.coords)
+            else np.empty(0, dtype=object),
+            dtype=object,
+        )
+    return table
+
+
+def _slide_row(row, sf, labels: list[str]) -> dict:
+    """One slide's row of ``slides.parquet``."""
+    return {
+        "slide": row["slide"],
+        "path": str(sf.attrs.get("slide_path", row["path"])),
+        "mpp": float(sf.attrs["mpp"]),
+        "tile_px": int(sf.attrs["tile_px"]),
+        "tile_um": float(sf.attrs["tile_um"]),
+        "patch_size_level0": int(sf.attrs["patch_size_level0"]),
+        "n_tiles": len(sf.coords),
+        **{label: row[label] for label in labels},
+    }
+
+
+def _write_features_h5(path, sources, slide_means, slides_df, first_attrs: dict) -> None:
+    """``features.h5``: the virtual ``features``, ``slide_features`` and the attributes."""
+    import h5py
+
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        _write_virtual_features(f, sources, Path(path).parent)
+        f.create_dataset("slide_features", data=np.stack(slide_means).astype(np.float32))
+        f.attrs["slides"] = json.dumps(slides_df["slide"].tolist())
+        f.attrs["n_tiles"] = json.dumps(slides_df["n_tiles"].tolist())
+        for key in ("layers", "layer_slices", "class_names"):
+            f.attrs[key] = json.dumps(first_attrs.get(key))
+        for key in ("pooling", "model", "model_sha256"):
+            f.attrs[key] = str(first_attrs.get(key))
+
+
+def tile_keys(slide: str, sf) -> pd.DataFrame:
+    """The key columns of ``tiles.parquet`` (see ``TILE_KEYS``) for one slide's file."""
+    return pd.DataFrame(
+        {
+            "slide": slide,
+            "tile": np.arange(len(sf.coords), dtype=np.int64),
+            "x": sf.coords[:, 0],
+            "y": sf.coords[:, 1],
+            "grid_i": sf.grid[:, 0],
+            "grid_j": sf.grid[:, 1],
+        },
+        columns=TILE_KEYS,
+    )
+
+
+def _signature(attrs: dict, width: int) -> tuple:
+    return (tuple(attrs.get("layers") or ()), width, tuple(attrs.get("class_names") or ()))
+
+
+def class_names_of(attrs: dict, n_classes: int) -> list[str]:
+    """The file's class names, or ``0..C-1`` when it names none (or not C)."""
+    names = list(attrs.get("class_names") or ())
+    return names if len(names) == n_classes else [str(k) for k in range(n_classes)]
+
+
+def _write_virtual_features(f, sources: list[tuple[Path, int, int]], out_dir: Path) -> None:
+    """Create ``features`` as a virtual dataset over each slide file's ``features``.
+
+    Source paths are stored relative to the dataset file, which HDF5 resolves against
+    the dataset file's own directory, so the results folder can be moved as a whole.
+    """
+    import h5py
+
+    width = sources[0][2]
+    total = sum(n for _, n, _ in sources)
+    if total == 0:
+        f.create_dataset("features", shape=(0, width), dtype=np.float32)
+        return
+    layout = h5py.VirtualLayout(shape=(total, width), dtype=np.float32)
+    start = 0
+    for path, n, _ in sources:
+        if n == 0:
+            continue
+        rel = os.path.relpath(Path(path).resolve(), out_dir.resolve())
+        layout[start : start + n] = h5py.VirtualSource(rel, "features", shape=(n, width))
+        start += n
+    f.create_virtual_dataset("features", layout, fillvalue=np.nan)
