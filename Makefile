@@ -28,6 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format workflow/scripts tests benchmarks

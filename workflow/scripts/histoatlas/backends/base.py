@@ -67,6 +67,92 @@ class FeatureFunction(Protocol):
     def __call__(self, x: Any) -> tuple[Any, Any]: ...
 
 
+@dataclass(frozen=True)
+class TrainingSpec:
+    """What a backend's ``Trainer`` (the demo CNN's training step) is built from.
+
+    Attributes
+    ----------
+    n_classes, width : int
+        Of the demo CNN.
+    tile_px : int
+        Tile edge (a Keras network is built for it; torch takes any size).
+    mean, std : ndarray, shape (3,)
+        Input normalisation, in [0, 1] units.
+    class_weights : ndarray, shape (n_classes,)
+        Loss weight of each class.
+    learning_rate : float
+        Adam's.
+    seed : int
+        Seeds the weights.
+    num_threads : int
+        The framework's intra-op threads.
+    """
+
+    n_classes: int
+    width: int
+    tile_px: int
+    mean: Any
+    std: Any
+    class_weights: Any
+    learning_rate: float
+    seed: int
+    num_threads: int
+
+
+@dataclass(frozen=True)
+class GradientRequest:
+    """One call of ``saliency.core``'s call-model function, parsed.
+
+    Attributes
+    ----------
+    class_idx : int
+        The output to explain.
+    layer : str or None
+        Grad-CAM's layer (None: the backend's default).
+    activation : {None, "softmax", "sigmoid"}
+        What the explained output goes through.
+    want_input, want_conv, want_output : bool
+        Whether input gradients, a layer's values and gradients, and the explained output
+        are asked for.
+    """
+
+    class_idx: int
+    layer: str | None
+    activation: str | None
+    want_input: bool
+    want_conv: bool
+    want_output: bool
+
+    @classmethod
+    def parse(cls, call_model_args: dict | None, expected_keys) -> GradientRequest:
+        """From ``call_model_args`` (``class_idx``, ``layer``, ``activation``) and the keys."""
+        args = dict(call_model_args or {})
+        keys = list(expected_keys or [INPUT_OUTPUT_GRADIENTS])
+        if args.get("activation") not in ACTIVATIONS:
+            raise ModelError(f"activation {args.get('activation')!r} is not one of {ACTIVATIONS}")
+        return cls(
+            class_idx=args["class_idx"],
+            layer=args.get("layer"),
+            activation=args.get("activation"),
+            want_input=INPUT_OUTPUT_GRADIENTS in keys,
+            want_conv=CONVOLUTION_LAYER_VALUES in keys or CONVOLUTION_OUTPUT_GRADIENTS in keys,
+            want_output=OUTPUT_LAYER_VALUES in keys,
+        )
+
+    def result(self, input_grads, conv, conv_grads, target) -> dict[str, np.ndarray]:
+        """The dict ``saliency.core`` expects, float32 channels-last numpy arrays."""
+        out: dict[str, np.ndarray] = {}
+        if self.want_input:
+            out[INPUT_OUTPUT_GRADIENTS] = np.asarray(input_grads, dtype=np.float32)
+        if self.want_conv:
+            out[CONVOLUTION_OUTPUT_GRADIENTS] = np.asarray(conv_grads, dtype=np.float32)
+            out[CONVOLUTION_LAYER_VALUES] = np.asarray(conv, dtype=np.float32)
+        if self.want_output:
+            out[OUTPUT_LAYER_VALUES] = np.asarray(target, dtype=np.float32)
+        return out
+
+
 class GradientFunction(Protocol):
     """The call-model function of ``saliency.core`` for one model (its gradients).
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from histoatlas.backends.base import TrainingSpec
 from histoatlas.backends.loading import BACKENDS, backend_module
 from histoatlas.backends.params import ModelParams
 from histoatlas.demo.data import (
@@ -176,7 +177,7 @@ def _model_params(opts: TrainOptions, class_names, tile_px, tile_um, mean, std) 
 
 def _trainer(opts: TrainOptions, *, n_classes: int, data: dict, mean, std, counts):
     """The backend's ``Trainer`` for the demo CNN."""
-    return backend_module(opts.backend, "training").Trainer(
+    spec = TrainingSpec(
         n_classes=n_classes,
         width=opts.width,
         tile_px=int(data["tiles"].shape[1]),
@@ -188,6 +189,7 @@ def _trainer(opts: TrainOptions, *, n_classes: int, data: dict, mean, std, count
         seed=opts.seed,
         num_threads=opts.num_threads or os.cpu_count() or 1,
     )
+    return backend_module(opts.backend, "training").Trainer(spec)
 
 
 def _held_out(data: dict, val: np.ndarray, slide_paths) -> list:

@@ -8,7 +8,6 @@ float32, so integrated gradients keep their completeness property (the map sums 
 
 from __future__ import annotations
 
-import inspect
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,21 +16,19 @@ import numpy as np
 
 from histoatlas.backends import as_loaded_model
 from histoatlas.backends.base import check_class_idx
-from histoatlas.errors import ConfigError, ModelError
-from histoatlas.saliency.path_methods import PathMethods, check_image
+from histoatlas.errors import ModelError
+from histoatlas.saliency.methods import (
+    METHODS,
+    check_image,
+    check_method,
+    core_method,
+    get_mask_keywords,
+    method_options,
+)
 from histoatlas.saliency.smooth import smooth_options, smoothed_mask
 
-METHODS = (
-    "vanilla",
-    "integrated_gradients",
-    "guided_integrated_gradients",
-    "blur_integrated_gradients",
-    "xrai",
-    "gradcam",
-)
 
-
-class SaliencyMap(PathMethods):
+class SaliencyMap:
     """Pixel attribution for one output class of a model.
 
     Parameters
@@ -106,80 +103,55 @@ class SaliencyMap(PathMethods):
         """The gradient function ``saliency.core`` methods call (the backend)."""
         return self.backend
 
-    # -- methods ------------------------------------------------------------------------
+    # -- methods (options: histoatlas.saliency.methods) ----------------------------------
 
     def vanilla(self, img: np.ndarray, *, smooth: bool | dict = False) -> np.ndarray:
-        """Vanilla gradients: the gradient of the explained output with respect to the input.
+        """Vanilla gradients of ``img``, ``(H, W, 3)`` float32 preprocessed (``(H, W)`` out)."""
+        return self.compute("vanilla", img, smooth=smooth)
 
-        Parameters
-        ----------
-        img : ndarray, shape (H, W, 3), dtype float32
-            Preprocessed tile.
-        smooth : bool or dict
-            SmoothGrad (see the class notes).
+    def integrated_gradients(self, img: np.ndarray, **options: Any) -> np.ndarray:
+        """Integrated gradients (``x_steps``, ``batch_size``, ``baseline``, ``smooth``)."""
+        return self.compute("integrated_gradients", img, **options)
 
-        Returns
-        -------
-        ndarray, shape (H, W), dtype float32
-        """
-        import saliency.core as sc
+    def guided_integrated_gradients(self, img: np.ndarray, **options: Any) -> np.ndarray:
+        """Guided IG (``x_steps``, ``max_dist``, ``fraction``, ``baseline``, ``smooth``)."""
+        return self.compute("guided_integrated_gradients", img, **options)
 
-        return self._run(sc.GradientSaliency(), img, smooth)
+    def blur_integrated_gradients(self, img: np.ndarray, **options: Any) -> np.ndarray:
+        """Blur IG (``max_sigma``, ``steps``, ``grad_step``, ``sqrt``, ``batch_size``)."""
+        return self.compute("blur_integrated_gradients", img, **options)
 
-    def gradcam(
-        self, img: np.ndarray, *, layer: str | None = None, smooth: bool | dict = False
-    ) -> np.ndarray:
-        """Grad-CAM: a layer's feature maps weighted by their mean gradient, then ReLU.
+    def xrai(self, img: np.ndarray, **options: Any) -> np.ndarray:
+        """XRAI (``batch_size``, ``steps``, ``fast``, ``area_threshold``, ``baselines``)."""
+        return self.compute("xrai", img, **options)
 
-        Parameters
-        ----------
-        img : ndarray, shape (H, W, 3), dtype float32
-            Preprocessed tile.
-        layer : str, optional
-            Module name (``dict(model.named_modules())``) or Keras layer name; default:
-            the last convolutional feature map with h, w > 1 (see
-            ``TorchGradients.resolve_layer``, ``KerasGradients.resolve_layer``).
-        smooth : bool or dict
-            SmoothGrad (see the class notes).
-
-        Returns
-        -------
-        ndarray, shape (H, W), dtype float32
-            The map at the layer's resolution, bilinearly upsampled to the tile, not
-            normalised (``saliency.core``'s own resize divides by the maximum).
+    def gradcam(self, img: np.ndarray, **options: Any) -> np.ndarray:
+        """Grad-CAM (``layer``, ``smooth``), upsampled to the tile.
 
         Raises
         ------
         LayerError
-            ``layer`` is not a module of the model.
+            ``layer`` is not a layer of the model.
         """
-        import saliency.core as sc
-        from skimage.transform import resize
+        return self.compute("gradcam", img, **options)
 
-        img = check_image(img)
-        layer = self.backend.resolve_layer(layer, img)
-        cam = self._run(
-            sc.GradCam(),
-            img,
-            smooth,
-            call_model_args={**self.call_model_args, "layer": layer},
-            should_resize=False,
-            three_dims=False,
-        )
-        return resize(cam, img.shape[:2]).astype(np.float32)
+    # -- any of them ----------------------------------------------------------------------
 
-    # -- several at once ------------------------------------------------------------------
-
-    def compute(self, method: str, img: np.ndarray, **kwargs: Any) -> np.ndarray:
-        """Run one method by name, with its keyword arguments.
+    def compute(
+        self, method: str, img: np.ndarray, *, smooth: bool | dict = False, **options: Any
+    ) -> np.ndarray:
+        """Run one method by name.
 
         Parameters
         ----------
         method : str
             One of :data:`METHODS`.
         img : ndarray, shape (H, W, 3), dtype float32
-        **kwargs
-            That method's options (``x_steps``, ``smooth``, ...).
+            A preprocessed tile.
+        smooth : bool or dict
+            SmoothGrad (see the class notes).
+        **options
+            That method's options (see :mod:`histoatlas.saliency.methods`).
 
         Returns
         -------
@@ -190,15 +162,12 @@ class SaliencyMap(PathMethods):
         ConfigError
             Unknown method, or an option the method does not take.
         """
-        fn = getattr(self, check_method(method))
-        accepted = [p for p in inspect.signature(fn).parameters if p != "img"]
-        unknown = sorted(set(kwargs) - set(accepted))
-        if unknown:
-            raise ConfigError(
-                f"saliency method {method!r} takes no option(s) {unknown}; "
-                f"its options: {', '.join(accepted)}"
-            )
-        return fn(img, **kwargs)
+        options = method_options(method, options)
+        img = check_image(img)
+        if method == "gradcam":  # the only method that reads a layer: the backend picks it
+            return self._gradcam(img, options["layer"], smooth)
+        kwargs = get_mask_keywords(method, options, img)
+        return self._run(core_method(method), img, smooth, **kwargs)
 
     def all(
         self,
@@ -232,10 +201,23 @@ class SaliencyMap(PathMethods):
         """
         methods = list(METHODS if methods is None else methods)
         params = dict(params or {})
-        extra = sorted(set(params) - set(methods))
-        for name in extra:
+        for name in sorted(set(params) - set(methods)):
             check_method(name)
         return {m: self.compute(m, img, **{"smooth": smooth, **params.get(m, {})}) for m in methods}
+
+    def _gradcam(self, img: np.ndarray, layer: str | None, smooth) -> np.ndarray:
+        from skimage.transform import resize
+
+        layer = self.backend.resolve_layer(layer, img)
+        cam = self._run(
+            core_method("gradcam"),
+            img,
+            smooth,
+            call_model_args={**self.call_model_args, "layer": layer},
+            should_resize=False,
+            three_dims=False,
+        )
+        return resize(cam, img.shape[:2]).astype(np.float32)
 
     # -- internals ----------------------------------------------------------------------
 
@@ -259,13 +241,6 @@ class SaliencyMap(PathMethods):
         if mask.ndim == 3:
             mask = mask.sum(axis=-1)
         return mask.astype(np.float32)
-
-
-def check_method(method: str) -> str:
-    """``method`` if it is one of :data:`METHODS`, else ConfigError listing them."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown saliency method {method!r}; choose from {', '.join(METHODS)}")
-    return method
 
 
 def _resolve_class(class_idx: int | str, class_names: Sequence[str]) -> int:

@@ -21,7 +21,8 @@ from histoatlas.atomic import atomic_output, partial_path
 from histoatlas.backends.base import check_class_idx
 from histoatlas.errors import ConfigError, EmptyDatasetError, ModelError
 from histoatlas.io.wsi import WSI
-from histoatlas.saliency.maps import METHODS, SaliencyMap, check_method
+from histoatlas.saliency.maps import SaliencyMap
+from histoatlas.saliency.methods import METHODS, check_method
 from histoatlas.saliency.plot_utils import inferno, overlay, overview
 from histoatlas.saliency.select import tile_dir_name
 

@@ -7,14 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from histoatlas.backends.base import (
-    ACTIVATIONS,
-    CONVOLUTION_LAYER_VALUES,
-    CONVOLUTION_OUTPUT_GRADIENTS,
-    INPUT_OUTPUT_GRADIENTS,
-    OUTPUT_LAYER_VALUES,
-    check_class_idx,
-)
+from histoatlas.backends.base import GradientRequest, check_class_idx
 from histoatlas.backends.keras.graph import has_class, output_width
 from histoatlas.errors import LayerError, ModelError
 from histoatlas.runtime import import_tensorflow
@@ -49,55 +42,26 @@ class KerasGradients:
         return len(self.class_names) or output_width(self.model)
 
     def __call__(
-        self,
-        x_batch: np.ndarray,
-        call_model_args: dict | None = None,
-        expected_keys: list[str] | None = None,
+        self, x_batch: np.ndarray, call_model_args: dict | None = None, expected_keys=None
     ) -> dict[str, np.ndarray]:
-        """Run the model on a channels-last batch and return what ``saliency`` asks for.
-
-        Parameters
-        ----------
-        x_batch : ndarray, shape (B, H, W, C)
-            Preprocessed input.
-        call_model_args : dict
-            ``class_idx`` (required), ``layer`` and ``activation`` (optional).
-        expected_keys : list of str
-            Any of INPUT_OUTPUT_GRADIENTS, CONVOLUTION_LAYER_VALUES,
-            CONVOLUTION_OUTPUT_GRADIENTS, OUTPUT_LAYER_VALUES.
-
-        Returns
-        -------
-        dict of str to ndarray
-            Input gradients ``(B, H, W, C)``, feature maps and their gradients
-            ``(B, h, w, K)``, and the explained output ``(B,)``, all float32.
-        """
+        """The call-model function (see :class:`~histoatlas.backends.base.GradientFunction`)
+        on a channels-last batch, through one compiled function per request."""
         tf = import_tensorflow()
-        args = dict(call_model_args or {})
-        keys = list(expected_keys or [INPUT_OUTPUT_GRADIENTS])
-        want_input = INPUT_OUTPUT_GRADIENTS in keys
-        want_conv = CONVOLUTION_LAYER_VALUES in keys or CONVOLUTION_OUTPUT_GRADIENTS in keys
+        request = GradientRequest.parse(call_model_args, expected_keys)
         x_batch = np.asarray(x_batch, dtype=np.float32)
-        layer = self.resolve_layer(args.get("layer"), x_batch[0]) if want_conv else None
-        class_idx, activation = args["class_idx"], args.get("activation")
-        if activation not in ACTIVATIONS:
-            raise ModelError(f"activation {activation!r} is not one of {ACTIVATIONS}")
+        layer = self.resolve_layer(request.layer, x_batch[0]) if request.want_conv else None
         n_out = self.num_classes()
         if n_out is not None:
-            check_class_idx(class_idx, n_out)
-        fn = self._function(want_input, layer, class_idx, activation)
+            check_class_idx(request.class_idx, n_out)
+        fn = self._function(request.want_input, layer, request.class_idx, request.activation)
         with tf.device(self.loaded.tf_device):
             target, input_grads, conv, conv_grads = fn(tf.constant(x_batch))
-
-        out: dict[str, np.ndarray] = {}
-        if want_input:
-            out[INPUT_OUTPUT_GRADIENTS] = input_grads.numpy().astype(np.float32)
-        if want_conv:
-            out[CONVOLUTION_OUTPUT_GRADIENTS] = conv_grads.numpy().astype(np.float32)
-            out[CONVOLUTION_LAYER_VALUES] = conv.numpy().astype(np.float32)
-        if OUTPUT_LAYER_VALUES in keys:
-            out[OUTPUT_LAYER_VALUES] = target.numpy().astype(np.float32)
-        return out
+        return request.result(
+            input_grads.numpy() if request.want_input else None,
+            conv.numpy() if request.want_conv else None,
+            conv_grads.numpy() if request.want_conv else None,
+            target.numpy(),
+        )
 
     def _function(self, want_input: bool, layer: str | None, class_idx: int, activation):
         """The compiled ``x -> (target, input grads, layer values, layer grads)``."""

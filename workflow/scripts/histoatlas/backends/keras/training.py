@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from histoatlas.backends.base import TrainingSpec
 from histoatlas.backends.keras.architectures import demo_cnn_keras
 from histoatlas.backends.keras.model import keras3
 from histoatlas.runtime import import_tensorflow
@@ -21,41 +22,31 @@ WEIGHTS_FILE = "model.keras"
 class Trainer:
     """Adam on class-weighted sparse cross-entropy for :func:`demo_cnn_keras`.
 
-    Parameters are those of :class:`histoatlas.backends.torch.training.Trainer`;
-    ``num_threads`` takes effect only if TensorFlow has not started yet.
+    Parameters
+    ----------
+    spec : TrainingSpec
+        ``num_threads`` takes effect only if TensorFlow has not started yet.
     """
 
     weights_file = WEIGHTS_FILE
 
-    def __init__(
-        self,
-        *,
-        n_classes: int,
-        width: int,
-        tile_px: int,
-        mean: np.ndarray,
-        std: np.ndarray,
-        class_weights: np.ndarray,
-        learning_rate: float,
-        seed: int,
-        num_threads: int,
-    ) -> None:
+    def __init__(self, spec: TrainingSpec) -> None:
         tf = import_tensorflow()
         try:
-            tf.config.threading.set_intra_op_parallelism_threads(int(num_threads))
+            tf.config.threading.set_intra_op_parallelism_threads(int(spec.num_threads))
         except RuntimeError:  # TensorFlow's runtime started already
             pass
         keras = keras3()
-        keras.utils.set_random_seed(seed)
-        self.model = demo_cnn_keras(n_classes, width, tile_px=int(tile_px))
-        self.class_weight = dict(enumerate(np.asarray(class_weights).tolist()))
+        keras.utils.set_random_seed(spec.seed)
+        self.model = demo_cnn_keras(spec.n_classes, spec.width, tile_px=int(spec.tile_px))
+        self.class_weight = dict(enumerate(np.asarray(spec.class_weights).tolist()))
         self.model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
+            optimizer=keras.optimizers.Adam(spec.learning_rate),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             jit_compile=False,
         )
-        self.mean = np.asarray(mean, np.float32)
-        self.std = np.asarray(std, np.float32)
+        self.mean = np.asarray(spec.mean, np.float32)
+        self.std = np.asarray(spec.std, np.float32)
 
     def _input(self, tiles: np.ndarray) -> np.ndarray:
         return ((tiles.astype(np.float32) / 255.0 - self.mean) / self.std).astype(np.float32)

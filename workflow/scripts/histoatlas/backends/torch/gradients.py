@@ -13,14 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from histoatlas.backends.base import (
-    ACTIVATIONS,
-    CONVOLUTION_LAYER_VALUES,
-    CONVOLUTION_OUTPUT_GRADIENTS,
-    INPUT_OUTPUT_GRADIENTS,
-    OUTPUT_LAYER_VALUES,
-    check_class_idx,
-)
+from histoatlas.backends.base import GradientRequest, check_class_idx
 from histoatlas.errors import LayerError, ModelError
 
 _MAX_NAMES_SHOWN = 25
@@ -73,65 +66,37 @@ class TorchGradients:
         return len(self.class_names) or None
 
     def __call__(
-        self,
-        x_batch: np.ndarray,
-        call_model_args: dict | None = None,
-        expected_keys: list[str] | None = None,
+        self, x_batch: np.ndarray, call_model_args: dict | None = None, expected_keys=None
     ) -> dict[str, np.ndarray]:
-        """Run the module on a channels-last batch and return what ``saliency`` asks for.
-
-        Parameters
-        ----------
-        x_batch : ndarray, shape (B, H, W, C)
-            Preprocessed input; transposed to ``(B, C, H, W)`` here.
-        call_model_args : dict
-            ``class_idx`` (required), ``layer`` and ``activation`` (optional).
-        expected_keys : list of str
-            Any of INPUT_OUTPUT_GRADIENTS, CONVOLUTION_LAYER_VALUES,
-            CONVOLUTION_OUTPUT_GRADIENTS, OUTPUT_LAYER_VALUES.
-
-        Returns
-        -------
-        dict of str to ndarray
-            Input gradients ``(B, H, W, C)``, feature maps and their gradients
-            ``(B, h, w, K)`` (channels last, as ``saliency.core.GradCam`` reads them),
-            and the explained output ``(B,)``, all float32.
-        """
+        """The call-model function (see :class:`~histoatlas.backends.base.GradientFunction`):
+        the channels-last batch goes in as ``(B, C, H, W)``; feature maps and gradients come
+        back channels last, as ``saliency.core.GradCam`` reads them."""
         import torch
 
-        args = dict(call_model_args or {})
-        keys = list(expected_keys or [INPUT_OUTPUT_GRADIENTS])
-        want_input = INPUT_OUTPUT_GRADIENTS in keys
-        want_conv = CONVOLUTION_LAYER_VALUES in keys or CONVOLUTION_OUTPUT_GRADIENTS in keys
+        request = GradientRequest.parse(call_model_args, expected_keys)
         x = torch.as_tensor(np.asarray(x_batch, dtype=np.float32), device=self.device)
         # always tracked: with frozen weights the feature maps would otherwise carry no graph
         x = x.permute(0, 3, 1, 2).contiguous().requires_grad_(True)
-
         captured: dict[str, Any] = {}
         handle = None
-        if want_conv:
-            layer = self.resolve_layer(args.get("layer"), np.asarray(x_batch[0]))
+        if request.want_conv:
+            layer = self.resolve_layer(request.layer, np.asarray(x_batch[0]))
             handle = self._modules()[layer].register_forward_hook(_capture_hook(captured, layer))
         try:
             with torch.enable_grad():
-                target = self._target(self.module(x), args)
-                inputs = ([x] if want_input else []) + ([captured["out"]] if want_conv else [])
+                target = self._target(self.module(x), request)
+                inputs = [x] if request.want_input else []
+                inputs += [captured["out"]] if request.want_conv else []
                 grads = list(torch.autograd.grad(target.sum(), inputs)) if inputs else []
         finally:
             if handle is not None:
                 handle.remove()
+        input_grads = _nhwc(grads.pop(0)) if request.want_input else None
+        conv_grads = _nhwc(grads.pop(0)) if request.want_conv else None
+        conv = _nhwc(captured["out"]) if request.want_conv else None
+        return request.result(input_grads, conv, conv_grads, target.detach().float().cpu())
 
-        out: dict[str, np.ndarray] = {}
-        if want_input:
-            out[INPUT_OUTPUT_GRADIENTS] = _nhwc(grads.pop(0))
-        if want_conv:
-            out[CONVOLUTION_OUTPUT_GRADIENTS] = _nhwc(grads.pop(0))
-            out[CONVOLUTION_LAYER_VALUES] = _nhwc(captured["out"])
-        if OUTPUT_LAYER_VALUES in keys:
-            out[OUTPUT_LAYER_VALUES] = target.detach().float().cpu().numpy()
-        return out
-
-    def _target(self, output: Any, args: dict) -> Any:
+    def _target(self, output: Any, request: GradientRequest) -> Any:
         """The explained output ``(B,)``: one class of the (activated) network output."""
         import torch
 
@@ -143,16 +108,12 @@ class TorchGradients:
                 "(B, n_classes) of class scores"
             )
         output = output.reshape(output.shape[0], -1)
-        class_idx = args["class_idx"]
-        check_class_idx(class_idx, output.shape[1])
-        activation = args.get("activation")
-        if activation == "softmax":
+        check_class_idx(request.class_idx, output.shape[1])
+        if request.activation == "softmax":
             output = torch.softmax(output, dim=1)
-        elif activation == "sigmoid":
+        elif request.activation == "sigmoid":
             output = torch.sigmoid(output)
-        elif activation is not None:
-            raise ModelError(f"activation {activation!r} is not one of {ACTIVATIONS}")
-        return output[:, class_idx]
+        return output[:, request.class_idx]
 
     def _modules(self) -> dict[str, Any]:
         return {name: m for name, m in self.module.named_modules() if name}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from histoatlas.backends.base import TrainingSpec
 from histoatlas.backends.torch.architectures import demo_cnn
 
 WEIGHTS_FILE = "weights.pt"
@@ -21,48 +22,24 @@ class Trainer:
 
     Parameters
     ----------
-    n_classes, width : int
-        Of :func:`demo_cnn`.
-    tile_px : int
-        Tile edge (unused by torch, whose network takes any size).
-    mean, std : ndarray, shape (3,)
-        Input normalisation, in [0, 1] units.
-    class_weights : ndarray, shape (n_classes,)
-        Loss weight of each class.
-    learning_rate : float
-    seed : int
-        Seeds the weights.
-    num_threads : int
-        torch's intra-op threads.
+    spec : TrainingSpec
     """
 
     weights_file = WEIGHTS_FILE
 
-    def __init__(
-        self,
-        *,
-        n_classes: int,
-        width: int,
-        tile_px: int,
-        mean: np.ndarray,
-        std: np.ndarray,
-        class_weights: np.ndarray,
-        learning_rate: float,
-        seed: int,
-        num_threads: int,
-    ) -> None:
+    def __init__(self, spec: TrainingSpec) -> None:
         import torch
 
-        torch.set_num_threads(num_threads)
-        torch.manual_seed(seed)
-        model = demo_cnn(num_classes=n_classes, width=width)
+        torch.set_num_threads(spec.num_threads)
+        torch.manual_seed(spec.seed)
+        model = demo_cnn(num_classes=spec.n_classes, width=spec.width)
         # channels-last convolutions run about twice as fast on CPU (measured here)
         self.model = model.to(memory_format=torch.channels_last)
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
-        weight = torch.tensor(class_weights, dtype=torch.float32)
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=spec.learning_rate)
+        weight = torch.tensor(spec.class_weights, dtype=torch.float32)
         self.loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
-        self.mean = np.asarray(mean, np.float32)
-        self.std = np.asarray(std, np.float32)
+        self.mean = np.asarray(spec.mean, np.float32)
+        self.std = np.asarray(spec.std, np.float32)
 
     def _input(self, tiles: np.ndarray):
         import torch
