@@ -10,7 +10,7 @@ import logging
 
 from histoatlas.analysis.dataset import DatasetFeatures
 from histoatlas.analysis.slidemap import SlideMap
-from histoatlas.pipeline.jobs import job_logging
+from histoatlas.pipeline.jobs import chosen, job_logging
 
 
 def main(smk) -> None:
@@ -22,14 +22,9 @@ def main(smk) -> None:
         if params.reference:
             slide_map = SlideMap.from_features(dataset, reference=params.reference)
         else:
+            umap = ("n_neighbors", "min_dist", "metric", "max_tiles_per_slide", "pca_dim")
             slide_map = SlideMap.from_features(
-                dataset,
-                n_neighbors=params.n_neighbors,
-                min_dist=params.min_dist,
-                metric=params.metric,
-                max_tiles_per_slide=params.max_tiles_per_slide,
-                pca_dim=params.pca_dim,
-                random_state=params.seed,
+                dataset, random_state=params.seed, **chosen(params, *umap)
             )
         slide_map.save_coords(smk.output.coords)
         slide_map.save_umap(smk.output.umap)

@@ -123,6 +123,8 @@ def extract_slide(
 ) -> dict:
     """Tile a slide, run the model on every kept tile and write ``{slide}.h5``.
 
+    The three steps: open the slide and the model, run the batches, write the file.
+
     Parameters
     ----------
     slide_path : str or PathLike

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from histoatlas.backends.base import LoadedModel, Normalizer
-from histoatlas.backends.params import ModelParams
+from histoatlas.backends.params import ModelParams, ModelSource
 from histoatlas.errors import ModelError
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -29,7 +29,7 @@ def load_model(
     device: str | None = None,
     trust_model_code: bool = False,
 ) -> LoadedModel:
-    """Load a model for inference.
+    """Load a model for inference (see :class:`LoadedModel`).
 
     Parameters
     ----------
@@ -68,9 +68,9 @@ def load_model(
     ('torch', 'directory', ['tumor', 'stroma'])
     """
     path = Path(path)
-    params, params_path = read_params(path)
-    loader = backend_loader(_backend_name(path, params, params_path))
-    return loader.load(path, params, params_path, device=device, trust_model_code=trust_model_code)
+    source = ModelSource(path, *read_params(path))
+    loader = backend_loader(_backend_name(path, source.params, source.params_path))
+    return loader.load(source, device=device, trust_model_code=trust_model_code)
 
 
 def get_preprocess_fn(path: str | os.PathLike) -> Normalizer:
@@ -152,8 +152,8 @@ def _backend_name(path: Path, params: ModelParams, params_path: Path | None) -> 
 def backend_module(name: str, part: str):
     """A module of a backend's package (``"torch"``, ``"tensorflow"``), imported on demand.
 
-    Every backend has the same modules: ``loading`` (``load(path, params, params_path, *,
-    device, trust_model_code)`` and ``wrap(obj, device) -> LoadedModel or None``),
+    Every backend has the same modules: ``loading`` (``load(source, *, device,
+    trust_model_code)`` and ``wrap(obj, device) -> LoadedModel or None``),
     ``model``, ``gradients``, ``architectures`` and ``training`` (``Trainer``).
 
     Raises

@@ -87,3 +87,13 @@ class ModelParams:
         for key in ("mean", "std", "class_names"):
             data[key] = list(data[key])
         Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model path (directory or file), its ``params`` and the ``params_path`` they were
+    read from (None when the defaults stand in for a bare file)."""
+
+    path: Path
+    params: ModelParams
+    params_path: Path | None

@@ -36,15 +36,9 @@ _MAX_INK = 0.002
 
 @dataclass(frozen=True)
 class TextureBank:
-    """Patches of real tissue, one stack per texture class.
-
-    Attributes
-    ----------
-    class_names : tuple of str
-        One name per class, in label order (label ``k + 1`` is ``class_names[k]``).
-    patches : tuple of ndarray
-        Per class, uint8 ``(n, P, P, 3)``.
-    """
+    """Patches of real tissue, one stack per texture class: ``class_names`` in label order
+    (label ``k + 1`` is ``class_names[k]``) and, per class, ``patches`` uint8
+    ``(n, P, P, 3)``."""
 
     class_names: tuple[str, ...]
     patches: tuple[np.ndarray, ...]

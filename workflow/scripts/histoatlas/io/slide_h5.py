@@ -200,22 +200,7 @@ def read_slide_h5(path: str | os.PathLike) -> SlideFeatures:
     >>> sf.features.shape, sf.attrs["layers"]  # doctest: +SKIP
     ((812, 64), ['postconv'])
     """
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        raise HistoatlasError(f"per-slide feature file {path} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise HistoatlasError(f"{path} is not a readable HDF5 file: {e}") from None
-    with f:
-        missing = [name for name in ("features", "coords", "grid") if name not in f]
-        if missing:
-            raise HistoatlasError(
-                f"{path} lacks dataset(s) {missing}: not a histoatlas per-slide file "
-                "(re-extract the slide with histoatlas)"
-            )
+    with _open_slide_h5(path, ("features", "coords", "grid")) as f:
         return SlideFeatures(
             features=f["features"][()].astype(np.float32, copy=False),
             coords=f["coords"][()].astype(np.int64, copy=False),
@@ -229,22 +214,22 @@ def read_slide_h5(path: str | os.PathLike) -> SlideFeatures:
 
 
 def read_slide_attrs(path: str | os.PathLike) -> dict:
-    """Read only the attributes of a per-slide HDF5 file (no activations), and its tile count.
+    """The attributes of a per-slide file (decoded as :func:`read_slide_h5` decodes them)
+    and its tile count ``n_tiles``, without reading the activations. HistoatlasError if the
+    file is missing, not HDF5 or has no ``coords``."""
+    with _open_slide_h5(path, ("coords",)) as f:
+        attrs = {k: _decode(k, v) for k, v in f.attrs.items()}
+        attrs["n_tiles"] = int(f["coords"].shape[0])
+    return attrs
 
-    Parameters
-    ----------
-    path : str or PathLike
 
-    Returns
-    -------
-    dict
-        The file attributes, decoded as by :func:`read_slide_h5`, plus ``n_tiles`` (rows
-        of ``coords``).
+def _open_slide_h5(path: str | os.PathLike, needed: tuple[str, ...]):
+    """A per-slide file open for reading, with the datasets ``needed``.
 
     Raises
     ------
     HistoatlasError
-        If the file is missing, not HDF5, or has no ``coords``.
+        If the file is missing, not HDF5, or lacks a dataset.
     """
     import h5py
 
@@ -255,15 +240,14 @@ def read_slide_attrs(path: str | os.PathLike) -> dict:
         f = h5py.File(path, "r")
     except OSError as e:
         raise HistoatlasError(f"{path} is not a readable HDF5 file: {e}") from None
-    with f:
-        if "coords" not in f:
-            raise HistoatlasError(
-                f"{path} lacks dataset 'coords': not a histoatlas per-slide file "
-                "(re-extract the slide with histoatlas)"
-            )
-        attrs = {k: _decode(k, v) for k, v in f.attrs.items()}
-        attrs["n_tiles"] = int(f["coords"].shape[0])
-    return attrs
+    missing = [name for name in needed if name not in f]
+    if missing:
+        f.close()
+        raise HistoatlasError(
+            f"{path} lacks dataset(s) {missing}: not a histoatlas per-slide file "
+            "(re-extract the slide with histoatlas)"
+        )
+    return f
 
 
 def _encode(key: str, value):

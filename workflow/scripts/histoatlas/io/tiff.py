@@ -63,20 +63,7 @@ def write_pyramid_tiff(
         for i in range(n_levels):
             if i and min(level.shape[:2]) < tile:
                 break
-            extra = {}
-            if mpp is not None:
-                px_per_cm = 1e4 / (mpp * 2**i)
-                extra = {"resolution": (px_per_cm, px_per_cm), "resolutionunit": "CENTIMETER"}
-            tif.write(
-                level,
-                tile=(tile, tile),
-                photometric="rgb",
-                compression="jpeg",
-                compressionargs={"level": quality},
-                subfiletype=1 if i else 0,
-                metadata=None,
-                **extra,
-            )
+            tif.write(level, **_page_options(i, mpp, tile, quality))
             level = downsample2(level)
 
 
@@ -138,23 +125,30 @@ def write_pyramid_tiff_tiles(
             w, h = max(1, width >> level), max(1, height >> level)
             if level and min(w, h) < tile:
                 break
-            extra = {}
-            if mpp is not None:
-                px_per_cm = 1e4 / (mpp * 2**level)
-                extra = {"resolution": (px_per_cm, px_per_cm), "resolutionunit": "CENTIMETER"}
             tif.write(
                 _level_tiles(region, level, w, h, tile),
                 shape=(h, w, 3),
                 dtype=np.uint8,
-                tile=(tile, tile),
-                photometric="rgb",
-                compression="jpeg",
-                compressionargs={"level": quality},
-                subfiletype=1 if level else 0,
-                metadata=None,
                 maxworkers=maxworkers,
-                **extra,
+                **_page_options(level, mpp, tile, quality),
             )
+
+
+def _page_options(level: int, mpp: float | None, tile: int, quality: int) -> dict:
+    """tifffile's options for one pyramid level: JPEG tiles, each level its own page
+    (OpenSlide ignores SubIFDs), MPP in the resolution tags with the unit right."""
+    options = {
+        "tile": (tile, tile),
+        "photometric": "rgb",
+        "compression": "jpeg",
+        "compressionargs": {"level": quality},
+        "subfiletype": 1 if level else 0,
+        "metadata": None,
+    }
+    if mpp is not None:
+        px_per_cm = 1e4 / (mpp * 2**level)
+        options.update(resolution=(px_per_cm, px_per_cm), resolutionunit="CENTIMETER")
+    return options
 
 
 def _level_tiles(region, level: int, width: int, height: int, tile: int) -> Iterator[np.ndarray]:

@@ -174,22 +174,10 @@ def grayspace_fraction(tiles: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def whitespace_fraction(tiles: np.ndarray, threshold: float) -> np.ndarray:
-    """Fraction of each tile's pixels whose mean of R, G, B exceeds ``threshold``.
+    """Fraction of each tile's pixels whose mean of R, G, B exceeds ``threshold`` (in
+    [0, 255]; slideflow's ``whitespace_threshold``, default 230): brightness, not every
+    channel above it, as slideflow defines it. Shapes as :func:`grayspace_fraction`.
 
-    This is slideflow's definition (brightness, not every channel above it).
-
-    Parameters
-    ----------
-    tiles : ndarray, shape (B, H, W, 3) or (H, W, 3), dtype uint8
-    threshold : float
-        Brightness in [0, 255] (slideflow's ``whitespace_threshold``, default 230).
-
-    Returns
-    -------
-    ndarray, shape (B,), dtype float64 (a float for one tile)
-
-    Examples
-    --------
     >>> whitespace_fraction(np.full((1, 2, 2, 3), 240, np.uint8), 230)
     array([1.])
     """

@@ -72,6 +72,11 @@ def job_logging(smk: Any) -> Iterator[logging.Logger]:
             root.setLevel(before[0])
 
 
+def chosen(params: Any, *names: str) -> dict:
+    """``{name: params.name}`` for the names: a rule's params as a function's keywords."""
+    return {name: getattr(params, name) for name in names}
+
+
 def read_status(path: str | Path) -> dict | None:
     """A job's status file (:func:`job_logging`), or None when there is none."""
     try:

@@ -74,19 +74,9 @@ def overlay(
 ) -> np.ndarray:
     """Blend the inferno heatmap of ``mask`` over the tile.
 
-    Parameters
-    ----------
-    image : ndarray, shape (H, W, 3), dtype uint8
-        The raw tile (not the preprocessed one).
-    mask : ndarray, shape (H, W)
-    alpha : float
-        Weight of the heatmap, in [0, 1]: 0 gives the tile, 1 the heatmap.
-    percentile : float
-        Normalisation percentile (see :func:`normalize`).
-
-    Returns
-    -------
-    ndarray, shape (H, W, 3), dtype uint8
+    ``image`` is the raw uint8 tile ``(H, W, 3)`` (not the preprocessed one), ``mask`` and
+    ``percentile`` as :func:`inferno`, ``alpha`` the heatmap's weight in [0, 1] (0 gives the
+    tile, 1 the heatmap); returns uint8 ``(H, W, 3)``.
 
     Raises
     ------
@@ -125,12 +115,8 @@ def comparison(
         Method name -> mask, in display order.
     title : str, optional
         Figure title.
-    show_overlay : bool
-        Draw overlays on the tile instead of bare heatmaps.
-    percentile : float
-        Normalisation percentile (see :func:`normalize`).
-    cell_inches : float
-        Width and height of each panel.
+    show_overlay, percentile, cell_inches
+        As :func:`overview`.
 
     Returns
     -------

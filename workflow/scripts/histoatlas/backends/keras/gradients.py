@@ -109,30 +109,15 @@ class KerasGradients:
         return self._submodels[layer]
 
     def resolve_layer(self, layer: str | None, x_value: np.ndarray) -> str:
-        """Check ``layer`` or find the default Grad-CAM layer.
+        """Check ``layer`` or find the default Grad-CAM layer (see ``GradientFunction``).
 
         The default is the last layer, in graph order, whose output is a feature map
         ``(B, h, w, K)`` with ``h, w > 1``: the output of the last convolutional stage
-        (after its activation, as Grad-CAM wants it). A 1x1 convolution on a globally
-        pooled map, which some networks use as their head, is passed over.
-
-        Parameters
-        ----------
-        layer : str or None
-            A Keras layer name, or None for the default.
-        x_value : ndarray, shape (H, W, C)
-            One preprocessed input, run once when static shapes leave h, w unknown.
-
-        Returns
-        -------
-        str
-
-        Raises
-        ------
-        ModelError
-            Subclassed model (no layer graph), or no layer returns a spatial feature map.
-        LayerError
-            ``layer`` is not a layer of the model, or its output is not a feature map.
+        (after its activation, as Grad-CAM wants it); a 1x1 convolution on a globally pooled
+        map, which some networks use as their head, is passed over. ``x_value`` is run once
+        when static shapes leave h, w unknown. ModelError for a subclassed model (no layer
+        graph) or one without a spatial map; LayerError for a name that is no layer, or
+        whose output is no feature map.
         """
         if not self.loaded.supports_layers:
             raise ModelError(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 from histoatlas.backends.keras.graph import final_activation, is_keras_model, output_width
 from histoatlas.backends.keras.model import KerasModel, keras3, resolve_device, tf_keras
-from histoatlas.backends.params import ModelParams
+from histoatlas.backends.params import ModelParams, ModelSource
 from histoatlas.errors import ModelError
 
 # layer classes whose Python code is stored in the file (run on load)
@@ -31,26 +30,18 @@ _CODE_LAYERS = ("Lambda",)
 
 
 def load_keras_model(
-    path: str | os.PathLike,
-    *,
-    params: ModelParams,
-    params_path: Path | None,
-    device: str | None = None,
-    trust_model_code: bool = False,
+    source: ModelSource, *, device: str | None = None, trust_model_code: bool = False
 ) -> KerasModel:
     """Load a Keras model: a ``.keras``/``.h5`` file, a SavedModel or a model directory.
 
     Parameters
     ----------
-    path : str or PathLike
-        A Keras file, a SavedModel directory, or a model directory whose ``params.json``
-        says ``"backend": "tensorflow"`` and names the Keras file (or SavedModel folder)
-        in ``weights``.
-    params : ModelParams
-        The ``params.json`` read (or the defaults for a bare file).
-    params_path : Path or None
-        Where ``params`` came from; None for a bare file, whose ``tile_px`` is then read
-        from the model's input shape and ``output`` from its last layer.
+    source : ModelSource
+        ``path``: a Keras file, a SavedModel directory, or a model directory whose
+        ``params.json`` says ``"backend": "tensorflow"`` and names the Keras file (or
+        SavedModel folder) in ``weights``; ``params`` and ``params_path`` as read (a bare
+        file, without ``params_path``, takes ``tile_px`` from the model's input shape and
+        ``output`` from its last layer).
     device : str, optional
         See :func:`resolve_device`.
     trust_model_code : bool
@@ -69,7 +60,7 @@ def load_keras_model(
     ConfigError
         If ``device`` is not available.
     """
-    path = Path(path)
+    path, params, params_path = Path(source.path), source.params, source.params_path
     file = path
     if path.is_dir() and params_path is not None:
         file = path / params.weights
@@ -266,22 +257,9 @@ def _input_shape(model) -> tuple | None:
     return tuple(shape)
 
 
-def load(
-    path: Path,
-    params: ModelParams,
-    params_path: Path | None,
-    *,
-    device: str | None,
-    trust_model_code: bool,
-) -> KerasModel:
+def load(source: ModelSource, *, device: str | None, trust_model_code: bool) -> KerasModel:
     """Load a Keras model path (see :func:`load_keras_model`)."""
-    return load_keras_model(
-        path,
-        params=params,
-        params_path=params_path,
-        device=device,
-        trust_model_code=trust_model_code,
-    )
+    return load_keras_model(source, device=device, trust_model_code=trust_model_code)
 
 
 def wrap(obj, device: str | None) -> KerasModel | None:

@@ -119,29 +119,13 @@ class TorchGradients:
         return {name: m for name, m in self.module.named_modules() if name}
 
     def resolve_layer(self, layer: str | None, x_value: np.ndarray) -> str:
-        """Check ``layer`` or find the default Grad-CAM layer.
+        """Check ``layer`` or find the default Grad-CAM layer (see ``GradientFunction``).
 
         The default is the last module, in forward order, that runs once and returns a
-        feature map ``(B, K, h, w)`` with ``h, w > 1``: for a CNN, the output of its
-        last convolutional stage (``layer4`` of a ResNet, ``block4`` of the demo CNN).
-
-        Parameters
-        ----------
-        layer : str or None
-            A name from ``dict(module.named_modules())``, or None for the default.
-        x_value : ndarray, shape (H, W, C)
-            One preprocessed input, run once to find the default.
-
-        Returns
-        -------
-        str
-
-        Raises
-        ------
-        ModelError
-            TorchScript module (no hooks), or no module returns a spatial feature map.
-        LayerError
-            ``layer`` is not a module of the network.
+        feature map ``(B, K, h, w)`` with ``h, w > 1`` (found by running ``x_value`` once):
+        for a CNN, the output of its last convolutional stage (``layer4`` of a ResNet,
+        ``block4`` of the demo CNN). ModelError for TorchScript (no hooks) or a network
+        without a spatial map; LayerError for a name that is no module.
         """
         if not self.supports_layers:
             raise ModelError(

@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from histoatlas.backends.params import ModelParams
+from histoatlas.backends.params import ModelParams, ModelSource
 from histoatlas.backends.torch.architectures import ARCHITECTURES
 from histoatlas.backends.torch.model import TorchModel, resolve_device
 from histoatlas.errors import ModelError
@@ -228,16 +228,7 @@ def load_torch_directory(
     model = build_architecture(params.architecture, kwargs)
     state = extract_state_dict(read_checkpoint(weights, trust_model_code=trust_model_code), weights)
     load_state_dict_strict(model, state, weights=weights, architecture=params.architecture)
-    return TorchModel(
-        model=model.eval(),
-        backend="torch",
-        params=params,
-        path=path,
-        device="cpu",
-        kind="directory",
-        weights_path=weights,
-        params_path=params_path,
-    ).to(device)
+    return _loaded(model, params, path, "directory", weights, params_path, device)
 
 
 def load_torchscript(
@@ -292,33 +283,18 @@ def load_torch_file(
             "directory beside a params.json naming its architecture, or save the model as "
             "TorchScript"
         )
-    return TorchModel(
-        model=obj.eval(),
-        backend="torch",
-        params=params,
-        path=file,
-        device="cpu",
-        kind="pickled",
-        weights_path=file,
-        params_path=params_path,
-    ).to(device)
+    return _loaded(obj, params, file, "pickled", file, params_path, device)
 
 
-def load(
-    path: Path,
-    params: ModelParams,
-    params_path: Path | None,
-    *,
-    device: str | None,
-    trust_model_code: bool,
-) -> TorchModel:
+def load(source: ModelSource, *, device: str | None, trust_model_code: bool) -> TorchModel:
     """Load a torch model path: a model directory, TorchScript or a (trusted) pickled module."""
-    if path.is_dir():
-        return load_torch_directory(
-            path, params, params_path, device=device, trust_model_code=trust_model_code
-        )
-    return load_torch_file(
-        path, params, params_path, device=device, trust_model_code=trust_model_code
+    load_path = load_torch_directory if source.path.is_dir() else load_torch_file
+    return load_path(
+        source.path,
+        source.params,
+        source.params_path,
+        device=device,
+        trust_model_code=trust_model_code,
     )
 
 
@@ -352,3 +328,17 @@ def wrap(obj, device: str | None) -> TorchModel | None:
         kind="torchscript" if scripted else "bare",
         weights_path=Path(),
     )
+
+
+def _loaded(net, params, path, kind, weights_path, params_path, device) -> TorchModel:
+    """A network in eval mode as a :class:`TorchModel` on ``device``."""
+    return TorchModel(
+        model=net.eval(),
+        backend="torch",
+        params=params,
+        path=path,
+        device="cpu",
+        kind=kind,
+        weights_path=weights_path,
+        params_path=params_path,
+    ).to(device)
