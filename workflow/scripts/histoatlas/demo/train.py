@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from histoatlas.backends.base import TrainingSpec
 from histoatlas.backends.loading import BACKENDS, backend_module
 from histoatlas.backends.params import ModelParams
+from histoatlas.backends.training import TrainingSpec
 from histoatlas.demo.data import (
     accuracy,
     augment,

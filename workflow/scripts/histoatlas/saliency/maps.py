@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from histoatlas.backends import as_loaded_model
-from histoatlas.backends.base import check_class_idx
+from histoatlas.backends.gradients import check_class_idx
 from histoatlas.errors import ModelError
 from histoatlas.saliency.methods import (
     METHODS,

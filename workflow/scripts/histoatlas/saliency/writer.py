@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from histoatlas.atomic import atomic_output, partial_path
-from histoatlas.backends.base import check_class_idx
+from histoatlas.backends.gradients import check_class_idx
 from histoatlas.errors import ConfigError, EmptyDatasetError, ModelError
 from histoatlas.io.wsi import WSI
 from histoatlas.saliency.maps import SaliencyMap

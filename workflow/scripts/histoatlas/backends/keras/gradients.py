@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from histoatlas.backends.base import GradientRequest, check_class_idx
+from histoatlas.backends.gradients import GradientRequest, check_class_idx
 from histoatlas.backends.keras.graph import has_class, output_width
 from histoatlas.errors import LayerError, ModelError
 from histoatlas.runtime import import_tensorflow

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from histoatlas.backends.base import TrainingSpec
 from histoatlas.backends.keras.architectures import demo_cnn_keras
 from histoatlas.backends.keras.model import keras3
+from histoatlas.backends.training import TrainingSpec
 from histoatlas.runtime import import_tensorflow
 
 WEIGHTS_FILE = "model.keras"

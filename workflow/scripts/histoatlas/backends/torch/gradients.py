@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from histoatlas.backends.base import GradientRequest, check_class_idx
+from histoatlas.backends.gradients import GradientRequest, check_class_idx
 from histoatlas.errors import LayerError, ModelError
 
 _MAX_NAMES_SHOWN = 25

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from histoatlas.backends.base import TrainingSpec
 from histoatlas.backends.torch.architectures import demo_cnn
+from histoatlas.backends.training import TrainingSpec
 
 WEIGHTS_FILE = "weights.pt"
 
