@@ -116,6 +116,17 @@ SHEET = _SHEET.set_index("slide", drop=False)
 COHORT = config["cohort"]
 FEATURESET = featureset_name(config, _CONFIG_SCHEMA)
 config["features"]["name"] = FEATURESET  # the report and the params show the name in use
+# Per-slide values the rules look up once per job: plain dicts (a pandas lookup per job, or a
+# function reading params.json per job, costs seconds in the DAG of 10,000 slides).
+SLIDE_PATHS = dict(zip(SHEET["slide"], SHEET["path"].astype(str), strict=True))
+SLIDE_MPP = (
+    {s: float(m) for s, m in zip(SHEET["slide"], SHEET["mpp"], strict=True) if pd.notna(m)}
+    if "mpp" in SHEET.columns
+    else {}
+)
+# features.batch_size as a resource (0: the default of the device); resources, unlike
+# params, trigger no rerun, and the batch size changes no result.
+BATCH_SIZE = config["features"]["batch_size"] or 0
 
 
 wildcard_constraints:
@@ -138,17 +149,15 @@ def cohort_h5_files(wildcards):
 
 def slide_path(wildcards):
     """The slide file, marked ancient: a copied slide (new mtime) is not re-extracted."""
-    return ancient(SHEET.loc[wildcards.slide, "path"])
+    return ancient(SLIDE_PATHS[wildcards.slide])
 
 
 def slide_mpp(wildcards):
     """The sheet's mpp for the slide, or None to use the file's."""
-    if "mpp" not in SHEET.columns or pd.isna(SHEET.loc[wildcards.slide, "mpp"]):
-        return None
-    return float(SHEET.loc[wildcards.slide, "mpp"])
+    return SLIDE_MPP.get(wildcards.slide)
 
 
-def model_files(wildcards):
+def _model_files():
     """Files the model consists of, so that a retrained model re-extracts."""
     model = Path(config["model"])
     if USES_DEMO_MODEL:
@@ -158,17 +167,22 @@ def model_files(wildcards):
     return [str(model)]
 
 
-def model_env(wildcards):
+def _model_env():
     """Conda env (`--sdm conda`) of the rules that run the model: envs/torch.yaml or
     envs/tensorflow.yaml, as the model's backend needs (relative to workflow/rules/)."""
     if USES_DEMO_MODEL:  # built by train_demo_model, maybe not yet
-        return demo_model_env(wildcards)
+        return demo_model_env(None)
     return f"../../envs/{model_backend(config['model'])}.yaml"
 
 
 def demo_model_env(wildcards):
     """Conda env of the demo model's framework (demo.backend), relative to workflow/rules/."""
     return f"../../envs/{config['demo']['backend']}.yaml"
+
+
+# Evaluated once, not per job (see benchmarks/README.md, "dag").
+MODEL_FILES = _model_files()
+MODEL_ENV = _model_env()
 
 
 def dataset_files(cohort):
@@ -214,12 +228,6 @@ def saliency_method_params():
         "blur_integrated_gradients": {"steps": steps, "batch_size": batch},
         "xrai": {"batch_size": batch},
     }
-
-
-def batch_size_resource(wildcards):
-    """features.batch_size as a resource (0: the default of the device); resources, unlike
-    params, trigger no rerun, and the batch size changes no result."""
-    return config["features"]["batch_size"] or 0
 
 
 def write_qc():

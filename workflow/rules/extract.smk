@@ -1,7 +1,7 @@
 rule extract_activations:
     input:
         slide=slide_path,
-        model=model_files,
+        model=MODEL_FILES,
     output:
         h5=paths.SLIDE_H5,
     log:
@@ -10,12 +10,12 @@ rule extract_activations:
     benchmark:
         paths.EXTRACT_BENCHMARK
     conda:
-        model_env
+        MODEL_ENV
     threads: 4
     resources:
         gpu=1,
         # tiles per forward pass (0: per device); changes no result, so it is no param
-        batch_size=batch_size_resource,
+        batch_size=BATCH_SIZE,
     params:
         model=lookup(dpath="model", within=config),
         trust_model_code=lookup(dpath="trust_model_code", within=config),

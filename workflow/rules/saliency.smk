@@ -17,7 +17,7 @@ rule select_saliency_tiles:
 rule saliency_maps:
     input:
         tiles=rules.select_saliency_tiles.output.csv,
-        model=model_files,
+        model=MODEL_FILES,
     output:
         maps=directory(paths.SALIENCY_MAPS),
         manifest=paths.SALIENCY_MANIFEST,
@@ -31,7 +31,7 @@ rule saliency_maps:
     benchmark:
         "logs/saliency_maps/{cohort}.benchmark.tsv"
     conda:
-        model_env
+        MODEL_ENV
     resources:
         gpu=1,
     params:

@@ -18,8 +18,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,7 +28,8 @@ from histoatlas.analysis.features import Features
 from histoatlas.backends import LoadedModel, load_model
 from histoatlas.backends.base import POSTCONV
 from histoatlas.backends.loading import check_model_path, check_tile_px
-from histoatlas.io.slide_h5 import QC_ATTRS, write_slide_h5
+from histoatlas.errors import HistoatlasError
+from histoatlas.io.slide_h5 import QC_ATTRS, SlideH5Writer
 from histoatlas.io.tiling import TileOptions
 from histoatlas.io.wsi import WSI
 from histoatlas.progress import Progress
@@ -102,11 +102,11 @@ class RunOptions:
 
 @dataclass
 class _Extracted:
-    """What the batches gave: activations, predictions and places of the kept tiles."""
+    """What the batches gave: the kept tiles and the time taken."""
 
-    chunks: list = field(default_factory=list)
     kept: int = 0
     seconds: float = 0.0
+    last: int = -1  # row-major grid rank of the last tile written
 
 
 def extract_slide(
@@ -123,7 +123,7 @@ def extract_slide(
 ) -> dict:
     """Tile a slide, run the model on every kept tile and write ``{slide}.h5``.
 
-    The three steps: open the slide and the model, run the batches, write the file.
+    The three steps: open the slide and the model, run the batches into the file, close it.
 
     Parameters
     ----------
@@ -174,13 +174,20 @@ def extract_slide(
     (812, 240)
     """
     t_start = time.perf_counter()
-    with _open(slide_path, model, tiles, features, run, mpp, slide_name, trust_model_code) as (
-        wsi,
-        extractor,
+    with (
+        _open(slide_path, model, tiles, features, run, mpp, slide_name, trust_model_code) as (
+            wsi,
+            extractor,
+        ),
+        SlideH5Writer(
+            out_path,
+            n_features=extractor.num_features,
+            n_classes=extractor.num_classes if extractor.include_preds else None,
+        ) as writer,
     ):
-        done = _run_batches(wsi, extractor, run)
+        done = _run_batches(wsi, extractor, run, writer)
         qc = _tile_counts(wsi, done.kept)
-        _write(out_path, wsi, extractor, done, qc, slide_path=slide_path)
+        writer.close(_attrs(wsi, extractor, qc, slide_path=slide_path))
     qc["seconds"] = done.seconds
     qc["tiles_per_s"] = done.kept / done.seconds if done.seconds > 0 else 0.0
     qc["seconds_total"] = time.perf_counter() - t_start
@@ -218,8 +225,8 @@ def _open(slide_path, model, tiles, features, run, mpp, slide_name, trust_model_
         yield wsi, extractor
 
 
-def _run_batches(wsi: WSI, extractor: Features, run: RunOptions) -> _Extracted:
-    """Step 2: every kept tile through the model, with progress in the log."""
+def _run_batches(wsi: WSI, extractor: Features, run: RunOptions, writer) -> _Extracted:
+    """Step 2: every kept tile through the model into the file, with progress in the log."""
     loaded = extractor.model
     candidates = wsi.candidates
     rank = np.full(wsi.grid_shape, -1, dtype=np.int64)
@@ -249,7 +256,8 @@ def _run_batches(wsi: WSI, extractor: Features, run: RunOptions) -> _Extracted:
         ) as results,
     ):
         for batch, feats, preds in results:
-            done.chunks.append((feats, preds, batch.coords, batch.grid))
+            _check_order(batch.grid, wsi.grid_shape, done)
+            writer.append(features=feats, coords=batch.coords, grid=batch.grid, predictions=preds)
             done.kept += len(feats)
             # candidates are read in order, so the last tile's rank counts those scanned
             i, j = batch.grid[-1]
@@ -270,12 +278,23 @@ def _tile_counts(wsi: WSI, kept: int) -> dict:
     }
 
 
-def _write(out_path, wsi: WSI, extractor: Features, done: _Extracted, qc: dict, *, slide_path):
-    """Step 3: the per-slide file, rows in grid order, with every attribute."""
+def _check_order(grid: np.ndarray, grid_shape, done: _Extracted) -> None:
+    """Rows go into the file as they come, so they must come row by row (the order of
+    ``WSI.candidates``, which the readers keep); anything else is a bug, never a file."""
+    ranks = grid[:, 1].astype(np.int64) * int(grid_shape[0]) + grid[:, 0]
+    if len(ranks) and (ranks[0] <= done.last or (np.diff(ranks) <= 0).any()):
+        raise HistoatlasError(
+            "tiles reached the writer out of grid order (row by row); the slide file would "
+            "not match WSI.candidates: report this as a bug"
+        )
+    if len(ranks):
+        done.last = int(ranks[-1])
+
+
+def _attrs(wsi: WSI, extractor: Features, qc: dict, *, slide_path) -> dict:
+    """Step 3: the per-slide file's attributes (its rows are in grid order, row by row)."""
     loaded = extractor.model
-    feats, preds, coords, grid = _stack(done.chunks, extractor)
-    order = np.lexsort((grid[:, 0], grid[:, 1]))  # row by row, as WSI.candidates
-    attrs = {
+    return {
         "slide": wsi.name,
         "slide_path": os.fspath(slide_path),
         "mpp": float(wsi.mpp),
@@ -296,30 +315,3 @@ def _write(out_path, wsi: WSI, extractor: Features, done: _Extracted, qc: dict, 
         "precision": extractor.precision,
         **{k: int(qc[k]) for k in QC_ATTRS},  # tile counts, for the cohort's qc table
     }
-    write_slide_h5(
-        out_path,
-        features=feats[order],
-        coords=coords[order],
-        grid=grid[order],
-        predictions=preds[order] if preds is not None else None,
-        attrs=attrs,
-    )
-
-
-def _stack(chunks: list, extractor: Features) -> tuple[Any, ...]:
-    if not chunks:
-        width, n_classes = extractor.num_features, extractor.num_classes
-        preds = np.zeros((0, n_classes), np.float32) if extractor.include_preds else None
-        return (
-            np.zeros((0, width), np.float32),
-            preds,
-            np.zeros((0, 2), np.int64),
-            np.zeros((0, 2), np.int32),
-        )
-    feats, preds, coords, grid = zip(*chunks, strict=True)
-    return (
-        np.concatenate(feats),
-        np.concatenate(preds) if extractor.include_preds else None,
-        np.concatenate(coords).astype(np.int64, copy=False),
-        np.concatenate(grid).astype(np.int32, copy=False),
-    )

@@ -6,8 +6,8 @@ TRIDENT's attributes, so their readers load the file untouched. TRIDENT's conven
 ``patch_size_level0`` the same edge in level-0 pixels, magnifications are ``10 / mpp``
 (10x at 1 um/px) and ``overlap`` is in target-magnification pixels, so that
 ``patch_size * level0_magnification / target_magnification == patch_size_level0``.
-Datasets are plain contiguous float32/int arrays: HDF5 virtual datasets (the cohort's
-``features.h5``) and any reader map them directly.
+Datasets are chunked float32/int arrays, written batch by batch (:class:`SlideH5Writer`):
+HDF5 virtual datasets (the cohort's ``features.h5``) and any reader map them directly.
 """
 
 from __future__ import annotations
@@ -151,31 +151,128 @@ def write_slide_h5(
     >>> write_slide_h5("s1.h5", features=f, coords=c, grid=g, predictions=None,
     ...                attrs=attrs)  # doctest: +SKIP
     """
-    import h5py
-
     features = np.asarray(features, dtype=np.float32)
-    coords = np.asarray(coords, dtype=np.int64)
-    grid = np.asarray(grid, dtype=np.int32)
-    arrays = {"features": features, "coords": coords, "grid": grid}
-    if predictions is not None:
-        arrays["predictions"] = np.asarray(predictions, dtype=np.float32)
-    n = len(features)
-    for name, array in arrays.items():
-        if array.ndim != 2 or len(array) != n:
-            raise ValueError(f"{name} must be 2-D with {n} rows (one per tile), got {array.shape}")
-    if coords.shape[1] != 2 or grid.shape[1] != 2:
-        raise ValueError(f"coords and grid must be (N, 2), got {coords.shape} and {grid.shape}")
+    if features.ndim != 2:
+        raise ValueError(f"features must be 2-D (N, F), got {features.shape}")
+    _check_attrs(attrs)
+    n_classes = None if predictions is None else np.shape(predictions)[-1]
+    with SlideH5Writer(path, n_features=features.shape[1], n_classes=n_classes) as writer:
+        writer.append(features=features, coords=coords, grid=grid, predictions=predictions)
+        writer.close(attrs)
+
+
+class SlideH5Writer:
+    """A per-slide file that grows batch by batch and appears only when complete.
+
+    The datasets are resizable (chunked) and grow with each :meth:`append` inside the
+    file's temporary name (:func:`~histoatlas.atomic.partial_path`); :meth:`close` writes
+    the attributes and renames the file. A slide's memory is one batch, never its N x F,
+    and a failed or killed job leaves no file that looks finished.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Output ``{slide}.h5``.
+    n_features : int
+        Width F of ``features``.
+    n_classes : int, optional
+        Width C of ``predictions``; None writes no ``predictions`` dataset.
+
+    Examples
+    --------
+    >>> with SlideH5Writer("s1.h5", n_features=64, n_classes=2) as writer:  # doctest: +SKIP
+    ...     for feats, preds, coords, grid in batches:
+    ...         writer.append(features=feats, coords=coords, grid=grid, predictions=preds)
+    ...     writer.close(attrs)
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, *, n_features: int, n_classes: int | None = None
+    ) -> None:
+        import h5py
+
+        widths = {"features": (n_features, np.float32), "coords": (2, np.int64)}
+        widths["grid"] = (2, np.int32)
+        if n_classes is not None:
+            widths["predictions"] = (n_classes, np.float32)
+        self.n = 0
+        self._atomic = atomic_output(path)
+        tmp = self._atomic.__enter__()
+        try:
+            self._file = h5py.File(tmp, "w")
+            for name, (width, dtype) in widths.items():
+                # chunks of ~1 MiB: a batch appends cheaply, a row range reads cheaply
+                rows = int(np.clip(2**18 // max(width, 1), 16, 4096))
+                self._file.create_dataset(
+                    name,
+                    (0, width),
+                    dtype=dtype,
+                    maxshape=(None, width),
+                    chunks=(rows, max(width, 1)),
+                )
+        except BaseException:
+            self.abort()
+            raise
+
+    def append(self, *, features, coords, grid, predictions=None) -> None:
+        """Add rows (one batch) at the end of every dataset.
+
+        Raises
+        ------
+        ValueError
+            If the arrays disagree in length or width with each other or the file.
+        """
+        arrays = {"features": features, "coords": coords, "grid": grid}
+        if "predictions" in self._file:
+            arrays["predictions"] = predictions
+        n = len(features)
+        for name, array in arrays.items():
+            dataset = self._file[name]
+            array = np.asarray(array, dtype=dataset.dtype)
+            if array.ndim != 2 or len(array) != n:
+                raise ValueError(
+                    f"{name} must be 2-D with {n} rows (one per tile), got {array.shape}"
+                )
+            if array.shape[1] != dataset.shape[1]:
+                raise ValueError(f"{name} must be (N, {dataset.shape[1]}), got {array.shape}")
+            dataset.resize(self.n + n, axis=0)
+            dataset[self.n :] = array
+        self.n += n
+
+    def close(self, attrs: dict) -> None:
+        """Write the attributes (see :func:`write_slide_h5`) and rename the file to its name."""
+        _check_attrs(attrs)
+        try:
+            for key, value in trident_coords_attrs(attrs).items():
+                self._file["coords"].attrs[key] = value
+            for key, value in attrs.items():
+                self._file.attrs[key] = _encode(key, value)
+            self._file.close()
+        except BaseException as e:
+            self.abort(e)
+            raise
+        self._atomic.__exit__(None, None, None)
+
+    def abort(self, error: BaseException | None = None) -> None:
+        """Close and remove the temporary file (nothing is renamed)."""
+        file = getattr(self, "_file", None)
+        if file is not None and file.id.valid:
+            file.close()
+        error = error or RuntimeError("slide file not completed")
+        self._atomic.__exit__(type(error), error, error.__traceback__)
+
+    def __enter__(self) -> SlideH5Writer:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if self._file.id.valid:  # not closed: an error, or close() never called
+            self.abort(error)
+
+
+def _check_attrs(attrs: dict) -> None:
     missing = [k for k in FILE_ATTRS if attrs.get(k) is None]
     if missing:
         raise ValueError(f"attrs lack {missing} (write_slide_h5 needs every one of {FILE_ATTRS})")
-    coords_attrs = trident_coords_attrs(attrs)
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        for name, array in arrays.items():
-            f.create_dataset(name, data=array)
-        for key, value in coords_attrs.items():
-            f["coords"].attrs[key] = value
-        for key, value in attrs.items():
-            f.attrs[key] = _encode(key, value)
 
 
 def read_slide_h5(path: str | os.PathLike) -> SlideFeatures:
