@@ -5,6 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -67,20 +68,28 @@ def cohort(tmp_path):
     paths = [make_slide(feats, "s2", 7, rng), make_slide(feats, "s1", 12, rng)]
     paths.append(make_slide(feats, "empty", 0, rng))
     out = tmp_path / "cohort" / "dataset"
-    tiles, slides = merge_dataset(
+    slides = merge_dataset(
         paths,
         sheet,
         tiles_path=out / "tiles.parquet",
         slides_path=out / "slides.parquet",
         features_path=out / "features.h5",
     )
-    return paths, out, tiles, slides
+    return paths, out, pd.read_parquet(out / "tiles.parquet"), slides
 
 
 def test_tables_follow_sheet_order_with_labels_and_predictions(cohort):
     paths, out, tiles, slides = cohort
-    on_disk = pd.read_parquet(out / "tiles.parquet")
-    pd.testing.assert_frame_equal(on_disk, tiles)
+    # written slide by slide, equal to the table built in one piece from the slide files
+    in_one_piece = pd.concat(
+        [
+            DatasetFeatures.from_h5_dir(paths[0].parent, slides=[s]).tiles.assign(subtype=sub)
+            for s, sub in (("s2", "a"), ("s1", "b"))
+        ],
+        ignore_index=True,
+    )
+    pd.testing.assert_frame_equal(tiles[in_one_piece.columns], in_one_piece)
+    assert list(tiles.columns[:7]) == ["slide", "tile", "x", "y", "grid_i", "grid_j", "subtype"]
     assert tiles["slide"].tolist() == ["s2"] * 7 + ["s1"] * 12
     assert tiles["tile"].tolist() == list(range(7)) + list(range(12))
     assert set(tiles.columns) >= {"x", "y", "grid_i", "grid_j", "subtype", "pred_label"}
@@ -181,3 +190,27 @@ def test_all_empty_cohort_merges_and_says_so_when_used(tmp_path):
     assert df.features.shape == (0, 4)
     with pytest.raises(EmptyDatasetError, match="fit_umap: the cohort has no tiles"):
         df.require_tiles("fit_umap")
+
+
+def test_labels_take_their_type_from_the_whole_sheet(tmp_path):
+    # the first slide has no grade, the last no tiles: the column is still the sheet's
+    rng = np.random.default_rng(3)
+    paths = [make_slide(tmp_path, s, n, rng) for s, n in (("a", 3), ("b", 4), ("c", 0))]
+    sheet = pd.DataFrame(
+        {"slide": ["a", "b", "c"], "path": ["a", "b", "c"], "grade": [None, "high", "low"]}
+    )
+    out = tmp_path / "ds"
+    slides = merge_dataset(
+        paths,
+        sheet,
+        tiles_path=out / "tiles.parquet",
+        slides_path=out / "slides.parquet",
+        features_path=out / "features.h5",
+    )
+    tiles = pd.read_parquet(out / "tiles.parquet")
+    assert tiles["grade"].tolist() == [None] * 3 + ["high"] * 4
+    assert tiles["pred_label"].tolist()[:3] == [
+        CLASSES[k] for k in tiles[["pred_tumor", "pred_stroma"]].to_numpy()[:3].argmax(1)
+    ]
+    assert slides["n_tiles"].tolist() == [3, 4, 0]
+    assert pq.ParquetFile(out / "tiles.parquet").metadata.num_row_groups == 3  # slide by slide

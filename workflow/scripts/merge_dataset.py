@@ -9,14 +9,14 @@ from histoatlas.pipeline.jobs import job_logging
 
 def main(smk) -> None:
     with job_logging(smk):
-        tiles, slides = merge_dataset(
+        slides = merge_dataset(
             smk.input.h5,
             read_sheet(smk.input.sheet),
             tiles_path=smk.output.tiles,
             slides_path=smk.output.slides,
             features_path=smk.output.features,
         )
-        logging.getLogger("histoatlas").info(f"merged {len(slides)} slides, {len(tiles)} tiles")
+        logging.getLogger("histoatlas").info(f"merged {len(slides)} slides, {int(slides['n_tiles'].sum())} tiles")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 ``merge_dataset`` writes ``tiles.parquet`` (one row per tile), ``slides.parquet`` (one row
 per slide) and ``features.h5``, whose ``features`` is an HDF5 virtual dataset over the
 per-slide files (no copy of the activations) and whose ``slide_features`` holds each
-slide's mean activation.
+slide's mean activation. It reads one slide at a time, and a slide's activations in row
+chunks: its memory does not grow with the cohort.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,8 @@ import pandas as pd
 from histoatlas.atomic import atomic_output
 from histoatlas.errors import HistoatlasError
 from histoatlas.io.sheet import label_columns
-from histoatlas.io.slide_h5 import read_slide_h5
+from histoatlas.io.slide_h5 import open_slide_h5, read_slide_attrs
+from histoatlas.io.slide_rows import feature_mean
 
 TILE_KEYS = ["slide", "tile", "x", "y", "grid_i", "grid_j"]
 
@@ -31,8 +34,12 @@ def merge_dataset(
     tiles_path: str | os.PathLike,
     slides_path: str | os.PathLike,
     features_path: str | os.PathLike,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Merge per-slide HDF5 files into the cohort's dataset table.
+) -> pd.DataFrame:
+    """Merge per-slide HDF5 files into the cohort's dataset table, one slide at a time.
+
+    Memory holds one slide's keys and predictions and one chunk of its activations:
+    ``tiles.parquet`` grows slide by slide (one row group each), each slide's mean
+    activation is summed over row chunks, and ``features.h5`` points at the slide files.
 
     Parameters
     ----------
@@ -45,8 +52,8 @@ def merge_dataset(
 
     Returns
     -------
-    tiles, slides : DataFrame
-        The tables as written.
+    slides : DataFrame
+        The slide table as written (``n_tiles`` per slide).
 
     Raises
     ------
@@ -54,37 +61,90 @@ def merge_dataset(
         If the files disagree on layers, feature width or classes (they come from
         different featuresets), naming the first file that differs.
     """
+    import pyarrow.parquet as pq
 
     if len(h5_paths) != len(sheet):
         raise ValueError(f"{len(h5_paths)} h5 files for {len(sheet)} sheet rows")
     labels = label_columns(sheet)
-    tiles, slides, slide_means, sources = [], [], [], []
-    reference = None
-    for path, (_, row) in zip(h5_paths, sheet.iterrows(), strict=True):
-        sf = read_slide_h5(path)
-        signature = _signature(sf.attrs, sf.features.shape[1])
-        if reference is None:
-            reference = (path, signature, sf.attrs)
-        elif signature != reference[1]:
-            raise HistoatlasError(
-                f"{path} has layers/width/classes {signature}, but {reference[0]} has "
-                f"{reference[1]}; all slides of a dataset must come from one featureset"
-            )
-        n, width = len(sf.coords), sf.features.shape[1]
-        tiles.append(_slide_tiles(row, sf, labels))
-        slides.append(_slide_row(row, sf, labels))
-        slide_means.append(
-            sf.features.mean(axis=0) if n else np.full(width, np.nan, dtype=np.float32)
-        )
-        sources.append((Path(path), n, width))
-    tiles_df = pd.concat(tiles, ignore_index=True)
-    slides_df = pd.DataFrame(slides)
+    slides, slide_means, sources = [], [], []
+    reference, writer = None, None
     with atomic_output(tiles_path) as tmp:
-        tiles_df.to_parquet(tmp, index=False)
+        try:
+            for path, (_, row) in zip(h5_paths, sheet.iterrows(), strict=True):
+                parts = _read_keys(path)
+                signature = _signature(parts.attrs, parts.width)
+                if reference is None:
+                    reference = (path, signature, parts.attrs)
+                elif signature != reference[1]:
+                    raise HistoatlasError(
+                        f"{path} has layers/width/classes {signature}, but {reference[0]} has "
+                        f"{reference[1]}; all slides of a dataset must come from one featureset"
+                    )
+                table = _slide_tiles(row, parts, labels)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, _tiles_schema(table, sheet, labels))
+                writer.write_table(_to_arrow(table, writer.schema))
+                slides.append(_slide_row(row, parts, labels))
+                slide_means.append(feature_mean(path))
+                sources.append((Path(path), parts.n, parts.width))
+        finally:
+            if writer is not None:
+                writer.close()
+    slides_df = pd.DataFrame(slides)
     with atomic_output(slides_path) as tmp:
         slides_df.to_parquet(tmp, index=False)
     _write_features_h5(features_path, sources, slide_means, slides_df, reference[2])
-    return tiles_df, slides_df
+    return slides_df
+
+
+@dataclass
+class _SlideKeys:
+    """What the tables need of one slide file: everything but its activations."""
+
+    attrs: dict
+    coords: np.ndarray
+    grid: np.ndarray
+    predictions: np.ndarray | None
+    n: int
+    width: int
+
+
+def _read_keys(path) -> _SlideKeys:
+    with open_slide_h5(path, ("features", "coords", "grid")) as f:
+        predictions = f["predictions"][()].astype(np.float32) if "predictions" in f else None
+        return _SlideKeys(
+            attrs=read_slide_attrs(path),
+            coords=f["coords"][()].astype(np.int64, copy=False),
+            grid=f["grid"][()].astype(np.int32, copy=False),
+            predictions=predictions,
+            n=int(f["features"].shape[0]),
+            width=int(f["features"].shape[1]),
+        )
+
+
+def _tiles_schema(first: pd.DataFrame, sheet: pd.DataFrame, labels: list[str]):
+    """The Arrow schema of ``tiles.parquet``: the first slide's columns, with each label's
+    type taken from the whole sheet (a label empty on the first slide is still typed)."""
+    import pyarrow as pa
+
+    schema = pa.Schema.from_pandas(first, preserve_index=False).remove_metadata()
+    if labels:
+        typed = pa.Schema.from_pandas(sheet[labels], preserve_index=False)
+        for label in labels:
+            schema = schema.set(schema.get_field_index(label), typed.field(label))
+    if "pred_label" in first.columns:
+        schema = schema.set(
+            schema.get_field_index("pred_label"), pa.field("pred_label", pa.string())
+        )
+    return schema
+
+
+def _to_arrow(table: pd.DataFrame, schema):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(
+        table, schema=schema, preserve_index=False
+    ).replace_schema_metadata()
 
 
 def _slide_tiles(row, sf, labels: list[str]) -> pd.DataFrame:

@@ -369,3 +369,9 @@ def _decode(key: str, value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def open_slide_h5(path: str | os.PathLike, needed: tuple[str, ...] = ("features", "coords")):
+    """A per-slide file open for reading (an ``h5py.File``; use it in ``with``), checked to
+    hold the datasets ``needed``. HistoatlasError names the file otherwise."""
+    return _open_slide_h5(path, needed)

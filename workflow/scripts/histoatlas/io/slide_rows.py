@@ -1,0 +1,104 @@
+"""Reading a per-slide file in bounded memory: activations in row chunks, chosen rows, means.
+
+The cohort's jobs read thousands of per-slide files (:mod:`histoatlas.io.slide_h5`); none
+of them may hold a slide's whole ``(N, F)`` activations, which for a 200,000-tile slide of
+a 1,536-d encoder is 1.2 GB. Chunks are sized in bytes (:data:`CHUNK_BYTES`), so a wide
+encoder reads fewer rows at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from histoatlas.io.slide_h5 import open_slide_h5
+
+# bytes of float32 activations read at once (rows = CHUNK_BYTES / (4 F))
+CHUNK_BYTES = 32 * 2**20
+# rows per h5py point selection: bounds the selection's own bookkeeping
+SELECT_ROWS = 4096
+
+
+def chunk_rows(width: int, *, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Rows of ``width`` float32 columns that fit in ``chunk_bytes`` (at least 1)."""
+    return max(1, chunk_bytes // (4 * max(int(width), 1)))
+
+
+def slide_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(N, F)``: the tiles and the activation width of a per-slide file, read from its
+    shapes alone."""
+    with open_slide_h5(path, ("features", "coords")) as f:
+        return int(f["features"].shape[0]), int(f["features"].shape[1])
+
+
+def iter_feature_chunks(
+    path: str | os.PathLike, *, rows: int | None = None, start: int = 0, stop: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first_row, block)``: consecutive float32 row blocks of ``features``.
+
+    Parameters
+    ----------
+    path : path
+        A per-slide file.
+    rows : int, optional
+        Rows per block; default :func:`chunk_rows` of the file's width.
+    start, stop : int, optional
+        Only rows ``[start, stop)``.
+
+    Yields
+    ------
+    (int, ndarray of shape (rows, F), dtype float32)
+    """
+    with open_slide_h5(path, ("features",)) as f:
+        features = f["features"]
+        stop = len(features) if stop is None else min(stop, len(features))
+        step = rows or chunk_rows(features.shape[1])
+        for first in range(start, stop, step):
+            yield first, features[first : min(first + step, stop)].astype(np.float32, copy=False)
+
+
+def read_rows(path: str | os.PathLike, rows: np.ndarray, *, dataset: str = "features"):
+    """Chosen rows of one dataset of a per-slide file, reading only those rows.
+
+    Parameters
+    ----------
+    path : path
+        A per-slide file.
+    rows : ndarray of int, shape (M,)
+        Sorted, unique row indices.
+    dataset : str
+        ``features`` (default), ``coords``, ``grid`` or ``predictions``.
+
+    Returns
+    -------
+    ndarray, shape (M, width)
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) > 1 and (np.diff(rows) <= 0).any():
+        raise ValueError("rows must be sorted and unique")
+    with open_slide_h5(path, (dataset,)) as f:
+        data = f[dataset]
+        out = np.empty((len(rows), data.shape[1]), dtype=data.dtype)
+        for k in range(0, len(rows), SELECT_ROWS):
+            part = rows[k : k + SELECT_ROWS]
+            out[k : k + len(part)] = data[part]
+    return out
+
+
+def feature_mean(path: str | os.PathLike) -> np.ndarray:
+    """Mean activation of a slide's tiles, accumulated in float64 over row chunks.
+
+    Returns
+    -------
+    ndarray, shape (F,), dtype float32
+        NaN everywhere for a slide without tiles.
+    """
+    n, width = slide_size(path)
+    if n == 0:
+        return np.full(width, np.nan, dtype=np.float32)
+    total = np.zeros(width, dtype=np.float64)
+    for _, block in iter_feature_chunks(path):
+        total += block.sum(axis=0, dtype=np.float64)
+    return (total / n).astype(np.float32)
