@@ -12,6 +12,7 @@ from PIL import Image
 
 from histoatlas.analysis.mosaic import Mosaic
 from histoatlas.analysis.mosaic_grid import grid_cells, select_tiles, unit_square
+from histoatlas.analysis.mosaic_stream import mosaic_from_coords
 from histoatlas.analysis.slidemap import SlideMap
 from histoatlas.errors import ConfigError, EmptyDatasetError, HistoatlasError
 from histoatlas.io.tiff import write_pyramid_tiff
@@ -260,3 +261,19 @@ def test_render_mosaic_script(slide, tmp_path, monkeypatch):
     assert len(manifest) == int((grid >= 0).sum())
     assert manifest["tile"].tolist() == [grid[r.cell_j, r.cell_i] for r in manifest.itertuples()]
     assert "mosaic of" in (tmp_path / "render_mosaic.log").read_text()
+
+
+@pytest.mark.parametrize("tile_select", ["nearest", "first"])
+@pytest.mark.parametrize("scale", [1.0, 7.0])  # a layout inside [0, 1], and one outside
+def test_streamed_mosaic_equals_the_in_memory_one(slide, tmp_path, tile_select, scale):
+    _, tiles, slides = slide
+    coords = np.random.default_rng(4).random((48, 2)) * scale
+    coords[5] = np.nan  # never chosen
+    SlideMap.from_xy(coords[:, 0], coords[:, 1], tiles=tiles).save_coords(tmp_path / "c.parquet")
+    options = {"num_tiles_x": 5, "tile_select": tile_select, "tile_px": 8}
+    whole = SlideMap.load(tmp_path / "c.parquet", slides=slides).generate_mosaic(**options)
+    # batches of 7 rows: the cells' winners come from different batches
+    streamed = mosaic_from_coords(tmp_path / "c.parquet", slides, batch_rows=7, **options)
+    np.testing.assert_array_equal(streamed.grid >= 0, whole.grid >= 0)
+    pd.testing.assert_frame_equal(streamed.manifest(), whole.manifest())
+    np.testing.assert_array_equal(streamed.image, whole.image)

@@ -124,6 +124,13 @@ SLIDE_MPP = (
     if "mpp" in SHEET.columns
     else {}
 )
+SLIDES = SHEET["slide"].tolist()
+# Projection shards: umap.shard_slides consecutive slides of the sheet each. Appending
+# slides to the sheet touches the last shard (or adds one) and leaves the others alone.
+SHARDS = [
+    SLIDES[k : k + config["umap"]["shard_slides"]]
+    for k in range(0, len(SLIDES), config["umap"]["shard_slides"])
+]
 # features.batch_size as a resource (0: the default of the device); resources, unlike
 # params, trigger no rerun, and the batch size changes no result.
 BATCH_SIZE = config["features"]["batch_size"] or 0
@@ -133,6 +140,7 @@ wildcard_constraints:
     slide=ID_PATTERN,
     cohort=ID_PATTERN,
     label=ID_PATTERN,
+    shard=r"\d+",
     # Only the configured featureset can be built: its params come from this config.
     featureset=FEATURESET.replace(".", r"\."),
 
@@ -144,7 +152,7 @@ def slide_h5(slide):
 
 def cohort_h5_files(wildcards):
     """Per-slide activation files of every slide in the sheet, in sheet order."""
-    return [slide_h5(s) for s in SHEET["slide"]]
+    return [slide_h5(s) for s in SLIDES]
 
 
 def slide_path(wildcards):
@@ -195,10 +203,38 @@ def dataset_inputs(wildcards):
     return dataset_files(wildcards.cohort)
 
 
-def umap_reference(wildcards):
-    """An existing umap.joblib to project onto, when config names one."""
-    reference = config["umap"]["reference"]
-    return [reference] if reference else []
+def umap_map_file(wildcards):
+    """The map the shards project onto: umap.reference when config names one, else the
+    model fitted on this cohort's sample."""
+    return config["umap"]["reference"] or paths.UMAP_FIT_MODEL.format(cohort=wildcards.cohort)
+
+
+def umap_fit_sample(wildcards):
+    """The fitted sample's layout (fitted tiles keep it); none with a reference map."""
+    if config["umap"]["reference"]:
+        return []
+    return paths.UMAP_FIT_SAMPLE.format(cohort=wildcards.cohort)
+
+
+def shard_slides(wildcards):
+    """The slides of one projection shard, in sheet order."""
+    return SHARDS[int(wildcards.shard)]
+
+
+def shard_h5_files(wildcards):
+    """Per-slide activation files of one projection shard."""
+    return [slide_h5(s) for s in shard_slides(wildcards)]
+
+
+def umap_shard_files(wildcards):
+    """Every projection shard's layout, in sheet order."""
+    names = [shard_name(k) for k in range(len(SHARDS))]
+    return expand(paths.UMAP_SHARD, cohort=wildcards.cohort, shard=names)
+
+
+def shard_name(k):
+    """The {shard} wildcard of the k-th shard (zero-padded, so listings sort)."""
+    return f"{k:04d}"
 
 
 def plot_labels():

@@ -1,35 +1,30 @@
-"""Fit UMAP on a cohort's activations, or project them onto a reference map.
+"""Fit UMAP on the cohort's seeded sample, read straight from the per-slide files.
 
-With ``umap.reference`` set, nothing is fitted: the cohort is projected onto the
-reference's map, and ``umap.joblib`` is a byte copy of the reference (a copy, not a
-link: the cohort's results stay valid if the reference moves, and nothing done to this
-output can reach the reference). The reference is only read.
+Writes the model (its [0, 1] frame is set by gather_umap, once every tile is placed) and
+the sample's layout; project_umap places the other tiles.
 """
 
 import logging
 
-from histoatlas.analysis.dataset import DatasetFeatures
-from histoatlas.analysis.slidemap import SlideMap
+from histoatlas.analysis.umap_cohort import fit_cohort
 from histoatlas.pipeline.jobs import chosen, job_logging
 
 
 def main(smk) -> None:
     params = smk.params
     with job_logging(smk):
-        dataset = DatasetFeatures.from_files(
-            tiles=smk.input.tiles, slides=smk.input.slides, features=smk.input.features
+        umap = ("n_neighbors", "min_dist", "metric", "max_tiles_per_slide", "max_fit_tiles")
+        fitted = fit_cohort(
+            smk.input.h5,
+            params.slides,
+            model_path=smk.output.model,
+            sample_path=smk.output.sample,
+            pca_dim=params.pca_dim,
+            random_state=params.seed,
+            **chosen(params, *umap),
         )
-        if params.reference:
-            slide_map = SlideMap.from_features(dataset, reference=params.reference)
-        else:
-            umap = ("n_neighbors", "min_dist", "metric", "max_tiles_per_slide", "pca_dim")
-            slide_map = SlideMap.from_features(
-                dataset, random_state=params.seed, **chosen(params, *umap)
-            )
-        slide_map.save_coords(smk.output.coords)
-        slide_map.save_umap(smk.output.umap)
         logging.getLogger("histoatlas").info(
-            f"mapped {len(slide_map)} tiles; {slide_map.umap.params}"
+            f"fitted on {fitted.params['n_fit']} tiles; {fitted.umap.get_params()}"
         )
 
 

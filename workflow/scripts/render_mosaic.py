@@ -4,16 +4,20 @@ import logging
 
 import pandas as pd
 
-from histoatlas.analysis.slidemap import SlideMap
+from histoatlas.analysis.mosaic_stream import mosaic_from_coords
 from histoatlas.pipeline.jobs import chosen, job_logging
 
 
 def main(smk) -> None:
     params = smk.params
     with job_logging(smk):
-        slide_map = SlideMap.load(smk.input.coords, slides=pd.read_parquet(smk.input.slides))
         options = chosen(params, "num_tiles_x", "tile_select", "tile_px")
-        mosaic = slide_map.generate_mosaic(num_workers=smk.threads, **options)
+        mosaic = mosaic_from_coords(
+            smk.input.coords,
+            pd.read_parquet(smk.input.slides),
+            num_workers=smk.threads,
+            **options,
+        )
         mosaic.save(smk.output.png)
         mosaic.save_manifest(smk.output.manifest)
         shown = int((mosaic.grid >= 0).sum())

@@ -174,17 +174,8 @@ def extract_slide(
     (812, 240)
     """
     t_start = time.perf_counter()
-    with (
-        _open(slide_path, model, tiles, features, run, mpp, slide_name, trust_model_code) as (
-            wsi,
-            extractor,
-        ),
-        SlideH5Writer(
-            out_path,
-            n_features=extractor.num_features,
-            n_classes=extractor.num_classes if extractor.include_preds else None,
-        ) as writer,
-    ):
+    opened = _open(slide_path, model, tiles, features, run, mpp, slide_name, trust_model_code)
+    with opened as (wsi, extractor), _writer(out_path, extractor) as writer:
         done = _run_batches(wsi, extractor, run, writer)
         qc = _tile_counts(wsi, done.kept)
         writer.close(_attrs(wsi, extractor, qc, slide_path=slide_path))
@@ -223,6 +214,12 @@ def _open(slide_path, model, tiles, features, run, mpp, slide_name, trust_model_
         extractor.probe(wsi.tile_px)
         log.info(f"{extractor!r}, {extractor.num_features} features per tile")
         yield wsi, extractor
+
+
+def _writer(out_path, extractor: Features) -> SlideH5Writer:
+    """The slide's file, open under its temporary name for the batches to come."""
+    n_classes = extractor.num_classes if extractor.include_preds else None
+    return SlideH5Writer(out_path, n_features=extractor.num_features, n_classes=n_classes)
 
 
 def _run_batches(wsi: WSI, extractor: Features, run: RunOptions, writer) -> _Extracted:

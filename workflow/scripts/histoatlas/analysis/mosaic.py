@@ -62,6 +62,9 @@ class Mosaic:
         Of empty cells: RGB tuple or a name/hex string PIL knows (default white).
     num_workers : int, optional
         Threads reading slides; default ``min(8, cpu count)``.
+    point_ids : ndarray of int, shape (N,), optional
+        What the manifest's ``index`` names for each point (default its row here): a
+        mosaic of points chosen from a larger layout reports their rows there.
 
     Attributes
     ----------
@@ -89,6 +92,7 @@ class Mosaic:
         tile_px: int = 64,
         background: Any = (255, 255, 255),
         num_workers: int | None = None,
+        point_ids: np.ndarray | None = None,
     ) -> None:
         from PIL import ImageColor
 
@@ -120,6 +124,7 @@ class Mosaic:
         if self._refs is not None:
             self._slides = _check_slides(slides, self._refs)
         self.grid = select_tiles(self.coords, self.num_tiles_x, tile_select=tile_select)
+        self._ids = None if point_ids is None else np.asarray(point_ids, dtype=np.int64)
         self._canvas: np.ndarray | None = None
 
     @classmethod
@@ -170,13 +175,13 @@ class Mosaic:
                 "cell_j": j,
                 "canvas_x": i * self.tile_px,
                 "canvas_y": rows * self.tile_px,
-                "index": index,
+                "index": index if self._ids is None else self._ids[index],
                 "umap_x": self.coords[index, 0],
                 "umap_y": self.coords[index, 1],
             }
         )
         if self._refs is not None:
-            refs = self._refs.iloc[table["index"].to_numpy()].reset_index(drop=True)
+            refs = self._refs.iloc[index].reset_index(drop=True)
             table = pd.concat([table, refs], axis=1)
         return table
 
@@ -213,7 +218,8 @@ class Mosaic:
         canvas = np.empty((self.num_tiles_y * px, self.num_tiles_x * px, 3), dtype=np.uint8)
         canvas[...] = self.background
         cells = self.manifest()
-        tiles = self._fetch(cells["index"].to_numpy())
+        rows, i = np.nonzero(self.grid[::-1] >= 0)  # the manifest's order
+        tiles = self._fetch(self.grid[self.num_tiles_y - 1 - rows, i])
         for tile, x0, y0 in zip(tiles, cells["canvas_x"], cells["canvas_y"], strict=True):
             canvas[y0 : y0 + px, x0 : x0 + px] = tile
         return canvas

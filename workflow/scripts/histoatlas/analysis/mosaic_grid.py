@@ -32,7 +32,13 @@ def unit_square(coords: np.ndarray) -> np.ndarray:
     finite = np.isfinite(coords).all(axis=1)
     if not finite.any():
         return coords
-    lo, hi = coords[finite].min(axis=0), coords[finite].max(axis=0)
+    return scale_to_unit(coords, coords[finite].min(axis=0), coords[finite].max(axis=0))
+
+
+def scale_to_unit(coords: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """:func:`unit_square` given the finite points' per-axis ``lo`` and ``hi`` (for a layout
+    read in chunks: the same values as on the whole)."""
+    coords = np.asarray(coords, dtype=np.float64)
     if lo.min() >= 0 and hi.max() <= 1:
         return coords
     span = np.where(hi > lo, hi - lo, 1.0)
@@ -123,3 +129,69 @@ def select_tiles(
     np.minimum.at(chosen, cell, points)
     chosen[chosen == np.iinfo(np.int64).max] = -1
     return chosen.reshape(n_y, num_tiles_x)
+
+
+class CellSelector:
+    """:func:`select_tiles` over a layout read in consecutive chunks: the same point per cell.
+
+    Each chunk's winners (:func:`select_tiles` on the chunk) challenge the cells' current
+    ones; a later chunk wins only strictly (nearer, or for ``"first"`` never), so ties go to
+    the lower index as on the whole layout. Memory: a few arrays of one value per cell.
+
+    Parameters
+    ----------
+    num_tiles_x : int
+        Columns.
+    num_tiles_y : int, optional
+        Rows; default ``num_tiles_x``.
+    tile_select : {"nearest", "first"}
+
+    Attributes
+    ----------
+    grid : ndarray, shape (num_tiles_y, num_tiles_x), dtype int64
+        As :func:`select_tiles` gives for everything added so far.
+    """
+
+    def __init__(
+        self, num_tiles_x: int, *, num_tiles_y: int | None = None, tile_select: str = "nearest"
+    ) -> None:
+        select_tiles(
+            np.zeros((0, 2)), num_tiles_x, num_tiles_y=num_tiles_y, tile_select=tile_select
+        )
+        self.n_x, self.n_y = num_tiles_x, num_tiles_x if num_tiles_y is None else num_tiles_y
+        self.tile_select = tile_select
+        self._best = np.full(self.n_x * self.n_y, np.inf)
+        self._point = np.full(self.n_x * self.n_y, -1, dtype=np.int64)
+        self._seen = 0
+
+    @property
+    def grid(self) -> np.ndarray:
+        return self._point.reshape(self.n_y, self.n_x)
+
+    def add(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Offer the next chunk of the layout (in [0, 1]).
+
+        Returns
+        -------
+        cells, rows : ndarray of int64
+            The cells (flat, ``j * num_tiles_x + i``) this chunk now holds, and the chunk's
+            row that holds each.
+        """
+        coords = np.asarray(coords, dtype=np.float64)
+        local = select_tiles(
+            coords, self.n_x, num_tiles_y=self.n_y, tile_select=self.tile_select
+        ).ravel()
+        cells = np.flatnonzero(local >= 0)
+        rows = local[cells]
+        if self.tile_select == "nearest":
+            i, j = cells % self.n_x, cells // self.n_x
+            xy = coords[rows]
+            d2 = (xy[:, 0] - (i + 0.5) / self.n_x) ** 2 + (xy[:, 1] - (j + 0.5) / self.n_y) ** 2
+            better = d2 < self._best[cells]
+            self._best[cells[better]] = d2[better]
+        else:
+            better = self._point[cells] < 0
+        cells, rows = cells[better], rows[better]
+        self._point[cells] = self._seen + rows
+        self._seen += len(coords)
+        return cells, rows

@@ -116,6 +116,7 @@ class SlideMap(MapLabels):
         map_slide: str | None = None,
         reference: FittedUMAP | str | os.PathLike | None = None,
         max_tiles_per_slide: int | None = None,
+        max_fit_tiles: int | None = None,
         pca_dim: int | None = None,
         random_state: int = 0,
         chunk_size: int = 50_000,
@@ -134,8 +135,9 @@ class SlideMap(MapLabels):
         reference : FittedUMAP or path, optional
             An existing map (``umap.joblib``) to project onto instead of fitting; the
             UMAP settings below are then ignored and the file is only read.
-        max_tiles_per_slide : int, optional
-            Fit on at most this many tiles per slide (seeded); all are then projected.
+        max_tiles_per_slide, max_fit_tiles : int, optional
+            Fit on at most this many tiles per slide, and in all (seeded); all are then
+            projected.
         pca_dim : int, optional
             PCA to this many dimensions before UMAP.
         random_state : int
@@ -172,6 +174,7 @@ class SlideMap(MapLabels):
                 features,
                 groups,
                 max_tiles_per_slide=max_tiles_per_slide if map_slide is None else None,
+                max_fit_tiles=max_fit_tiles,
                 pca_dim=pca_dim,
                 random_state=random_state,
                 chunk_size=chunk_size,

@@ -15,18 +15,14 @@ both.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from histoatlas import __version__
 from histoatlas.analysis.umap_layout import check_features, layout_frame, sample_per_group
-from histoatlas.atomic import atomic_output
-from histoatlas.errors import ConfigError, EmptyDatasetError, HistoatlasError
+from histoatlas.analysis.umap_model import FittedUMAP
+from histoatlas.errors import ConfigError, EmptyDatasetError
 from histoatlas.runtime import import_umap
 
 log = logging.getLogger(__name__)
@@ -35,175 +31,6 @@ log = logging.getLogger(__name__)
 DEFAULT_UMAP = {"n_neighbors": 50, "min_dist": 0.1, "metric": "cosine"}
 # umap-learn cannot embed fewer points (spectral init fails at 3, n_neighbors < 2 at 2)
 MIN_FIT_POINTS = 4
-FORMAT = "histoatlas.umap"
-FORMAT_VERSION = 1
-
-
-@dataclass
-class FittedUMAP:
-    """A fitted UMAP (with optional PCA) and the scaling of its layout to [0, 1].
-
-    Attributes
-    ----------
-    umap : umap.UMAP
-        The fitted model.
-    pca : sklearn.decomposition.PCA or None
-        Applied to the activations before ``umap``.
-    clip_min, clip_max : ndarray, shape (2,)
-        Raw UMAP coordinates are clipped to this box (1st-99th percentile plus margin).
-    frame_min, frame_max : ndarray, shape (2,)
-        The clipped box is mapped linearly from this frame onto [0, 1].
-    n_features : int
-        Width ``F`` of the activations the model expects.
-    params : dict
-        Settings of the fit (UMAP keywords, ``pca_dim``, ``max_tiles_per_slide``,
-        ``n_fit``), for provenance.
-    source : Path or None
-        The file it was loaded from; :meth:`save` then copies that file byte for byte.
-    """
-
-    umap: Any
-    pca: Any
-    clip_min: np.ndarray
-    clip_max: np.ndarray
-    frame_min: np.ndarray
-    frame_max: np.ndarray
-    n_features: int
-    params: dict = field(default_factory=dict)
-    source: Path | None = None
-
-    def raw_transform(self, features: np.ndarray, *, chunk_size: int = 50_000) -> np.ndarray:
-        """Project activations with the fitted model, in raw UMAP units.
-
-        Parameters
-        ----------
-        features : ndarray, shape (N, F)
-            Activations of the same layers the model was fitted on.
-        chunk_size : int
-            Rows per ``transform`` call (bounds memory of the neighbour search).
-
-        Returns
-        -------
-        ndarray, shape (N, 2), dtype float32
-        """
-        features = check_features(features, self.n_features)
-        out = np.empty((len(features), 2), dtype=np.float32)
-        if len(features) == 0:
-            return out
-        import_umap()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="n_jobs value")
-            for start in range(0, len(features), chunk_size):
-                chunk = features[start : start + chunk_size]
-                if self.pca is not None:
-                    chunk = self.pca.transform(chunk).astype(np.float32)
-                out[start : start + chunk_size] = self.umap.transform(chunk)
-        return out
-
-    def scale(self, raw: np.ndarray) -> np.ndarray:
-        """Map raw UMAP coordinates into the fitted [0, 1] frame.
-
-        Parameters
-        ----------
-        raw : ndarray, shape (N, 2)
-
-        Returns
-        -------
-        ndarray, shape (N, 2), dtype float32
-            Values in [0, 1]; points beyond the clipping box sit on its edge.
-        """
-        clipped = np.clip(np.asarray(raw, dtype=np.float64), self.clip_min, self.clip_max)
-        scaled = (clipped - self.frame_min) / (self.frame_max - self.frame_min)
-        return np.clip(scaled, 0.0, 1.0).astype(np.float32)
-
-    def transform(self, features: np.ndarray, *, chunk_size: int = 50_000) -> np.ndarray:
-        """Project activations into the map's [0, 1] frame.
-
-        Parameters
-        ----------
-        features : ndarray, shape (N, F)
-        chunk_size : int
-            Rows per ``transform`` call.
-
-        Returns
-        -------
-        ndarray, shape (N, 2), dtype float32
-
-        Examples
-        --------
-        >>> fitted = FittedUMAP.load("results/demo/umap/umap.joblib")  # doctest: +SKIP
-        >>> fitted.transform(new_features).shape  # doctest: +SKIP
-        (120, 2)
-        """
-        return self.scale(self.raw_transform(features, chunk_size=chunk_size))
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the model and its scaling to ``path`` (joblib), atomically.
-
-        A model loaded from a file is copied byte for byte from it (never rewritten:
-        a projection onto a reference map gets an identical copy of the reference).
-        """
-        import shutil
-
-        import joblib
-
-        if self.source is not None and self.source.is_file():
-            if not (Path(path).exists() and self.source.samefile(path)):
-                with atomic_output(path) as tmp:
-                    shutil.copyfile(self.source, tmp)
-            return
-        payload = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "histoatlas_version": __version__,
-            "umap": self.umap,
-            "pca": self.pca,
-            "clip": (self.clip_min, self.clip_max),
-            "frame": (self.frame_min, self.frame_max),
-            "n_features": self.n_features,
-            "params": self.params,
-        }
-        with atomic_output(path) as tmp:
-            joblib.dump(payload, tmp)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> FittedUMAP:
-        """Read a ``umap.joblib`` written by :meth:`save`.
-
-        joblib unpickles: load only files you (or your workflow) wrote.
-
-        Raises
-        ------
-        HistoatlasError
-            If the file is missing or is not a histoatlas UMAP file.
-        """
-        import joblib
-
-        path = Path(path)
-        if not path.is_file():
-            raise HistoatlasError(f"UMAP file {path} does not exist; check `umap.reference`")
-        import_umap()  # unpickling imports umap: keep TensorFlow out
-        payload = joblib.load(path)
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise HistoatlasError(
-                f"{path} is not a histoatlas UMAP file (umap.joblib written by fit_umap)"
-            )
-        if payload["version"] > FORMAT_VERSION:
-            raise HistoatlasError(
-                f"{path} has format version {payload['version']}; this histoatlas reads "
-                f"up to {FORMAT_VERSION}: upgrade histoatlas"
-            )
-        return cls(
-            umap=payload["umap"],
-            pca=payload["pca"],
-            clip_min=np.asarray(payload["clip"][0]),
-            clip_max=np.asarray(payload["clip"][1]),
-            frame_min=np.asarray(payload["frame"][0]),
-            frame_max=np.asarray(payload["frame"][1]),
-            n_features=int(payload["n_features"]),
-            params=dict(payload["params"]),
-            source=path,
-        )
 
 
 def fit_umap(
@@ -211,6 +38,7 @@ def fit_umap(
     groups: np.ndarray | None = None,
     *,
     max_tiles_per_slide: int | None = None,
+    max_fit_tiles: int | None = None,
     pca_dim: int | None = None,
     random_state: int = 0,
     chunk_size: int = 50_000,
@@ -231,6 +59,9 @@ def fit_umap(
         Slide of each row, for ``max_tiles_per_slide``.
     max_tiles_per_slide : int, optional
         Fit on at most this many rows per group (seeded sample); ``None`` fits on all.
+    max_fit_tiles : int, optional
+        Fit on at most this many rows in all (of the per-group sample, those with the
+        smallest random keys).
     pca_dim : int, optional
         Reduce to this many principal components before UMAP (clamped to the sample).
     random_state : int
@@ -261,31 +92,88 @@ def fit_umap(
     >>> fitted, coords = fit_umap(feats, slides, max_tiles_per_slide=500)  # doctest: +SKIP
     """
     features = check_features(features, None)
-    n, width = features.shape
-    fit_rows = _fit_sample(features, groups, max_tiles_per_slide, random_state, umap_kwargs)
-    n_fit = len(fit_rows)
+    n = len(features)
+    fit_rows = _fit_sample(features, groups, max_tiles_per_slide, max_fit_tiles, random_state)
+    fitted = fit_model(
+        features[fit_rows],
+        n_total=n,
+        pca_dim=pca_dim,
+        random_state=random_state,
+        margin=margin,
+        max_tiles_per_slide=max_tiles_per_slide,
+        max_fit_tiles=max_fit_tiles,
+        **umap_kwargs,
+    )
+    raw = _raw_layout(fitted, features, fit_rows, chunk_size)
+    fitted.set_frame(layout_frame(raw, margin=margin))
+    return fitted, fitted.scale(raw)
+
+
+def fit_model(
+    train: np.ndarray,
+    *,
+    n_total: int,
+    pca_dim: int | None = None,
+    random_state: int = 0,
+    margin: float = 0.1,
+    max_tiles_per_slide: int | None = None,
+    max_fit_tiles: int | None = None,
+    **umap_kwargs: Any,
+) -> FittedUMAP:
+    """Fit UMAP (after PCA when ``pca_dim``) on the fitting sample alone.
+
+    The frame stays unset: it needs the layout of every tile (:meth:`FittedUMAP.set_frame`).
+    Both the one-job :func:`fit_umap` and the cohort's ``fit_umap`` rule fit here.
+
+    Parameters
+    ----------
+    train : ndarray, shape (M, F)
+        The fitting sample, in cohort order.
+    n_total : int
+        Tiles of the cohort (for the log and the error messages).
+    pca_dim, random_state, margin, max_tiles_per_slide, max_fit_tiles, **umap_kwargs
+        As :func:`fit_umap` (the last four are recorded in ``params``).
+
+    Returns
+    -------
+    FittedUMAP
+        ``umap.embedding_`` is the sample's layout in raw UMAP units.
+
+    Raises
+    ------
+    EmptyDatasetError
+        If the sample has fewer than 4 rows.
+    ConfigError
+        If ``n_components`` is not 2, or ``pca_dim`` < 1.
+    """
+    if umap_kwargs.get("n_components", 2) != 2:
+        raise ConfigError(
+            f"n_components={umap_kwargs['n_components']!r}: histoatlas maps are 2-D; drop it"
+        )
+    train = check_features(train, None)
+    n_fit, width = train.shape
+    if n_fit < MIN_FIT_POINTS:
+        raise EmptyDatasetError(
+            f"UMAP needs at least {MIN_FIT_POINTS} tiles to fit, the sample has {n_fit} "
+            f"({n_total} tiles in all, max_tiles_per_slide={max_tiles_per_slide}); add "
+            "slides or raise `umap.max_tiles_per_slide`"
+        )
     kwargs = _umap_settings(umap_kwargs, random_state, n_fit)
-    train, pca = _reduce(features[fit_rows], pca_dim, n_fit, width, random_state)
+    reduced, pca = _reduce(train, pca_dim, n_fit, width, random_state)
     umap = import_umap()
-    log.info("fitting UMAP on %d of %d tiles (%s)", n_fit, n, kwargs)
+    log.info("fitting UMAP on %d of %d tiles (%s)", n_fit, n_total, kwargs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="n_jobs value")
-        model = umap.UMAP(**kwargs).fit(train)
+        model = umap.UMAP(**kwargs).fit(reduced)
     params = {
         **kwargs,
         "pca_dim": pca_dim,
         "max_tiles_per_slide": max_tiles_per_slide,
+        "max_fit_tiles": max_fit_tiles,
         "n_fit": n_fit,
         "margin": margin,
     }
-    fitted = FittedUMAP(
-        model, pca, np.zeros(2), np.zeros(2), np.zeros(2), np.ones(2), width, params
-    )
-    raw = _raw_layout(fitted, features, fit_rows, chunk_size)
-    (fitted.clip_min, fitted.clip_max), (fitted.frame_min, fitted.frame_max) = layout_frame(
-        raw, margin=margin
-    )
-    return fitted, fitted.scale(raw)
+    return FittedUMAP(model, pca, None, None, None, None, width, params)
 
 
 def _umap_settings(umap_kwargs: dict, random_state: int, n_fit: int) -> dict:
@@ -315,28 +203,16 @@ def _reduce(train: np.ndarray, pca_dim: int | None, n_fit: int, width: int, seed
     return pca.fit_transform(train).astype(np.float32), pca
 
 
-def _fit_sample(features, groups, max_tiles_per_slide, random_state, umap_kwargs) -> np.ndarray:
-    """Rows to fit on (at most ``max_tiles_per_slide`` per group), after the checks."""
+def _fit_sample(features, groups, max_tiles_per_slide, max_fit_tiles, random_state):
+    """Rows to fit on (at most ``max_tiles_per_slide`` per group, ``max_fit_tiles`` in all)."""
     n = len(features)
     if n == 0:
         raise EmptyDatasetError(
             "UMAP: the cohort has no tiles to fit on (every slide empty after tissue "
             "filtering); check the slides or relax config `tiles:` filters"
         )
-    if umap_kwargs.get("n_components", 2) != 2:
-        raise ConfigError(
-            f"n_components={umap_kwargs['n_components']!r}: histoatlas maps are 2-D; drop it"
-        )
     groups = np.zeros(n, dtype=np.int8) if groups is None else np.asarray(groups)
-    fit_rows = sample_per_group(groups, max_tiles_per_slide, seed=random_state)
-    n_fit = len(fit_rows)
-    if n_fit < MIN_FIT_POINTS:
-        raise EmptyDatasetError(
-            f"UMAP needs at least {MIN_FIT_POINTS} tiles to fit, the sample has {n_fit} "
-            f"({n} tiles in all, max_tiles_per_slide={max_tiles_per_slide}); add slides "
-            "or raise `umap.max_tiles_per_slide`"
-        )
-    return fit_rows
+    return sample_per_group(groups, max_tiles_per_slide, seed=random_state, max_total=max_fit_tiles)
 
 
 def _raw_layout(fitted: FittedUMAP, features: np.ndarray, fit_rows, chunk_size: int):

@@ -1,6 +1,7 @@
 """Every output path of the workflow, defined once: the rules and the qc table read them here.
 
-Patterns hold Snakemake wildcards (``{featureset}``, ``{slide}``, ``{cohort}``, ``{label}``);
+Patterns hold Snakemake wildcards (``{featureset}``, ``{slide}``, ``{cohort}``, ``{label}``,
+``{shard}``);
 ``str.format`` fills them outside Snakemake. Relative paths are relative to the directory
 Snakemake runs in.
 """
@@ -22,6 +23,11 @@ DATASET = {
 }
 UMAP_MODEL = "results/{cohort}/umap/umap.joblib"
 UMAP_COORDS = "results/{cohort}/umap/coords.parquet"
+# the UMAP stage's intermediate files: the model fitted on the sample (its [0, 1] frame not
+# yet set) and the sample's layout; one layout file per projection shard of slides
+UMAP_FIT_MODEL = "results/{cohort}/umap/fit/umap.joblib"
+UMAP_FIT_SAMPLE = "results/{cohort}/umap/fit/sample.parquet"
+UMAP_SHARD = "results/{cohort}/umap/shards/{shard}.parquet"
 UMAP_PLOT = "results/{cohort}/plots/umap_{label}.png"
 MOSAIC_PNG = "results/{cohort}/mosaic/mosaic.png"
 MOSAIC_MANIFEST = "results/{cohort}/mosaic/mosaic.parquet"
