@@ -14,6 +14,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
+from histoatlas.analysis.map_stream import cluster_ids, plot_label
 from histoatlas.analysis.plotting import MISSING_LABEL, is_categorical, plot_umap, umap_figure
 from histoatlas.analysis.slidemap import SlideMap
 from histoatlas.errors import HistoatlasError
@@ -208,3 +209,85 @@ def test_plot_umap_script_names_a_missing_label(cohort_dirs, tmp_path, monkeypat
     with pytest.raises(HistoatlasError, match="no column 'grade'"):
         run_plot("grade", dataset, umap, tmp_path, monkeypatch)
     assert not (tmp_path / "umap_grade.png").exists()
+
+
+# -- streamed, rasterised plots of the workflow -------------------------------------------
+
+
+def palette_counts(png, n_colours: int) -> list[int]:
+    from histoatlas.analysis.plotting import qualitative_colours
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3).astype(int)
+    counts = []
+    for colour in qualitative_colours(n_colours + 1):
+        target = np.round(np.asarray(colour[:3]) * 255).astype(int)
+        counts.append(int((np.abs(rgb - target).max(axis=1) <= 1).sum()))
+    return counts
+
+
+@pytest.mark.parametrize("label", ["subtype", "slide", "prediction", "cluster"])
+def test_streamed_plot_draws_each_category_in_its_colour(label, cohort_dirs, tmp_path):
+    dataset, umap = cohort_dirs
+    png = tmp_path / f"{label}.png"
+    args = (umap / "coords.parquet", dataset / "tiles.parquet", png, label)
+    drawn = plot_label(*args, features_path=dataset / "features.h5", n_clusters=3)
+    assert drawn == 240
+    with Image.open(png) as im:
+        assert im.size == (1000, 800)
+    n_values = {"subtype": 2, "slide": 3, "prediction": 2, "cluster": 3}[label]
+    counts = palette_counts(png, n_values)
+    assert all(c > 50 for c in counts[:n_values]) and counts[n_values] == 0, counts
+    # the same picture whatever the batches the tables are read in
+    again = tmp_path / f"{label}-batches.png"
+    plot_label(
+        *args[:2], again, label, features_path=dataset / "features.h5", n_clusters=3, batch_rows=7
+    )
+    assert again.read_bytes() == png.read_bytes()
+
+
+def test_streamed_clusters_equal_the_map_s_kmeans(cohort_dirs):
+    dataset, umap = cohort_dirs
+    tiles = pd.read_parquet(dataset / "tiles.parquet")
+    with h5py.File(dataset / "features.h5") as f:
+        features = f["features"][()]
+    sm = SlideMap.from_xy(*np.random.default_rng(0).random((2, len(tiles))), tiles=tiles)
+    sm._activations = features
+    np.testing.assert_array_equal(
+        cluster_ids(dataset / "features.h5", 3, seed=0, batch_rows=50), sm.cluster(3, seed=0)
+    )
+
+
+def test_streamed_plot_of_many_points_rasterises_them_all(tmp_path):
+    rng = np.random.default_rng(5)
+    n = 300_000
+    tiles = pd.DataFrame(
+        {"slide": np.repeat(["a", "b"], n // 2), "tile": np.tile(np.arange(n // 2), 2)}
+    )
+    tiles["x"] = tiles["y"] = 0
+    tiles.to_parquet(tmp_path / "tiles.parquet", index=False)
+    centres = np.where(tiles["slide"].to_numpy()[:, None] == "a", 0.3, 0.7)
+    xy = np.clip(centres + rng.normal(0, 0.1, (n, 2)), 0, 1)
+    SlideMap.from_xy(xy[:, 0], xy[:, 1], tiles=tiles).save_coords(tmp_path / "coords.parquet")
+    png = tmp_path / "slide.png"
+    drawn = plot_label(
+        tmp_path / "coords.parquet", tmp_path / "tiles.parquet", png, "slide", batch_rows=70_000
+    )
+    assert drawn == n
+    picture = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3) / 255
+    assert picture.shape == (800 * 1000, 3)
+    # where many points overlap, a slide's colour shows at least half opaque over white,
+    # as translucent markers stack up (each of the 300,000 points weighs alpha = 0.15)
+    from histoatlas.analysis.plotting import qualitative_colours
+
+    for colour in qualitative_colours(2):
+        towards = np.asarray(colour[:3]) - 1
+        opacity = (picture - 1) @ towards / (towards @ towards)
+        along = np.abs(picture - 1 - opacity[:, None] * towards).max(axis=1) < 0.02
+        assert (along & (opacity > 0.5)).sum() > 2_000
+
+
+def test_streamed_plot_names_a_missing_label(cohort_dirs, tmp_path):
+    dataset, umap = cohort_dirs
+    with pytest.raises(HistoatlasError, match="no column 'grade' to label the map by"):
+        plot_label(umap / "coords.parquet", dataset / "tiles.parquet", tmp_path / "g.png", "grade")
+    assert not (tmp_path / "g.png").exists()

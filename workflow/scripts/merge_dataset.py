@@ -16,7 +16,9 @@ def main(smk) -> None:
             slides_path=smk.output.slides,
             features_path=smk.output.features,
         )
-        logging.getLogger("histoatlas").info(f"merged {len(slides)} slides, {int(slides['n_tiles'].sum())} tiles")
+        logging.getLogger("histoatlas").info(
+            f"merged {len(slides)} slides, {int(slides['n_tiles'].sum())} tiles"
+        )
 
 
 if __name__ == "__main__":

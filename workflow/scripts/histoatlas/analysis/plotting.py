@@ -28,6 +28,8 @@ MAX_INT_CATEGORIES = 20
 LEFT_BOTTOM_IN = (0.8, 0.7)
 TOP_IN = 0.7
 RIGHT_IN = 2.8
+# axis limits of a map in the [0, 1] square
+UNIT_LIMITS = (-0.02, 1.02)
 
 
 def is_categorical(values: pd.Series | np.ndarray) -> bool:
@@ -165,29 +167,43 @@ def _checked(coords, labels):
 def _frame(ax, coords: np.ndarray, m: int, title: str | None, label_name: str | None) -> None:
     """Title (with the number of points drawn), axis labels and the square frame."""
     n = len(coords)
+    unit = bool(n) and coords.min() >= 0 and coords.max() <= 1
+    frame_axes(ax, n, m, title, label_name, unit=unit)
+
+
+def frame_axes(ax, n: int, m: int, title: str | None, label_name: str | None, *, unit: bool):
+    """Title with the number of points (and how many were drawn), axis labels, and the
+    square frame (``unit``: the map's [0, 1] square, with a small margin)."""
     drawn = f"{n:,} points" if m == n else f"{m:,} of {n:,} points drawn"
     what = f"UMAP coloured by {label_name}" if label_name else "UMAP"
     ax.set_title(f"{title if title is not None else what}\n({drawn})")
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
-    if n and coords.min() >= 0 and coords.max() <= 1:
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_ylim(-0.02, 1.02)
+    if unit:
+        ax.set_xlim(*UNIT_LIMITS)
+        ax.set_ylim(*UNIT_LIMITS)
     ax.set_aspect("equal")
 
 
 def _draw_categories(ax, xy, values, labels, style, label_name, legend) -> None:
     """Points in one palette colour per category, and the legend (or a note)."""
-    from matplotlib.lines import Line2D
-
     order = category_order(labels)
     colours = np.asarray(qualitative_colours(len(order))).reshape(-1, 4)
     palette = dict(zip(order, colours, strict=True))
     codes = pd.Categorical(values, categories=order).codes
     ax.scatter(xy[:, 0], xy[:, 1], c=colours[codes], **style)
-    if legend and 0 < len(order) <= MAX_LEGEND:
+    if legend:
+        category_legend(ax, order, palette, bool(labels.isna().any()), label_name)
+
+
+def category_legend(ax, order: list, palette: dict, missing: bool, label_name) -> None:
+    """One marker per category (and "(missing)"), beside the map; a note instead when there
+    are more than :data:`MAX_LEGEND` categories."""
+    from matplotlib.lines import Line2D
+
+    if 0 < len(order) <= MAX_LEGEND:
         handles = [_legend_marker(Line2D, palette[v], str(v)) for v in order]
-        if labels.isna().any():
+        if missing:
             handles.append(_legend_marker(Line2D, MISSING_COLOUR, MISSING_LABEL))
         ax.legend(
             handles=handles,
@@ -197,7 +213,7 @@ def _draw_categories(ax, xy, values, labels, style, label_name, legend) -> None:
             frameon=False,
             fontsize="medium" if len(handles) <= 20 else "x-small",
         )
-    elif legend:
+    else:
         ax.text(
             1.02,
             0.5,
@@ -221,9 +237,14 @@ def _draw_values(ax, xy, values, labels, style, label_name, legend, cmap) -> Non
         **style,
     )
     if legend:
-        # beside the axes, not carved out of them: the map stays square
-        cax = ax.inset_axes([1.04, 0.1, 0.035, 0.8])
-        ax.figure.colorbar(points, cax=cax, label=label_name)
+        colour_bar(ax, points, label_name)
+
+
+def colour_bar(ax, mappable, label_name) -> None:
+    """The colour bar of a continuous label, beside the axes (not carved out of them: the
+    map stays square)."""
+    cax = ax.inset_axes([1.04, 0.1, 0.035, 0.8])
+    ax.figure.colorbar(mappable, cax=cax, label=label_name)
 
 
 def umap_figure(
@@ -252,15 +273,21 @@ def umap_figure(
     matplotlib Figure
         Not attached to pyplot's figure manager; close nothing.
     """
+    fig, ax = figure_axes(figsize, dpi)
+    plot_umap(coords, labels, ax=ax, **kwargs)
+    return fig
+
+
+def figure_axes(figsize: tuple[float, float] = (10, 8), dpi: int = 100):
+    """A new figure of fixed size and its square map axes at a fixed place (the legend or
+    colour bar gets the right-hand strip); not attached to pyplot's figure manager."""
     from matplotlib.figure import Figure
 
     width, height = figsize
-    # a square map at a fixed place; the legend or colour bar gets the right-hand strip
     side = max(min(height - LEFT_BOTTOM_IN[1] - TOP_IN, width - LEFT_BOTTOM_IN[0] - RIGHT_IN), 0.5)
     rect = [LEFT_BOTTOM_IN[0] / width, LEFT_BOTTOM_IN[1] / height, side / width, side / height]
     fig = Figure(figsize=figsize, dpi=dpi)
-    plot_umap(coords, labels, ax=fig.add_axes(rect), **kwargs)
-    return fig
+    return fig, fig.add_axes(rect)
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> None:
