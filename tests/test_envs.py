@@ -38,6 +38,8 @@ RULE_ENV = {
     "extract_activations": MODEL,
     "merge_dataset": "analysis",
     "fit_umap": "analysis",
+    "project_umap": "analysis",
+    "gather_umap": "analysis",
     "plot_umap": "analysis",
     "render_mosaic": "analysis",
     "select_saliency_tiles": "analysis",

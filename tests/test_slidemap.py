@@ -384,27 +384,85 @@ def test_load_refuses_a_map_of_another_dataset(fitted_map, tmp_path):
 # -- entry script ----------------------------------------------------------------------
 
 
-def fit_smk(dataset_dir: Path, out: Path, **umap):
+def write_slide_files(folder: Path, dataset: DatasetFeatures) -> tuple[list[str], list[str]]:
+    """One per-slide h5 file per slide of a dataset: (paths, slide ids)."""
+    from histoatlas.io.slide_h5 import write_slide_h5
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, slides = [], []
+    for slide, rows in dataset.tiles.groupby("slide", sort=False).indices.items():
+        xy = dataset.tiles[["x", "y"]].to_numpy()[rows]
+        write_slide_h5(
+            folder / f"{slide}.h5",
+            features=dataset.features[rows],
+            coords=xy,
+            grid=xy // 512,
+            predictions=None if dataset.predictions is None else dataset.predictions[rows],
+            attrs=slide_attrs(slide),
+        )
+        paths.append(str(folder / f"{slide}.h5"))
+        slides.append(slide)
+    return paths, slides
+
+
+def slide_attrs(slide: str) -> dict:
+    return {
+        "slide": slide,
+        "slide_path": f"/data/{slide}.svs",
+        "mpp": 0.5,
+        "level0_width": 100_000,
+        "level0_height": 100_000,
+        "tile_px": 224,
+        "tile_um": 256.0,
+        "patch_size_level0": 512,
+        "stride_div": 1,
+        "grid_shape": (200, 200),
+        "layers": ["postconv"],
+        "layer_slices": {"postconv": [0, 512]},
+        "pooling": "avg",
+        "model": "m",
+        "model_sha256": "0" * 64,
+        "class_names": CLASSES,
+        "histoatlas_version": "0",
+    }
+
+
+def umap_stage(h5, slides, out: Path, monkeypatch, reference: str | None = None):
+    """The UMAP rules' three scripts on one shard: fit (unless a reference), project, gather."""
+    out.mkdir(parents=True, exist_ok=True)
     settings = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine"}
-    settings |= {"max_tiles_per_slide": 100, "pca_dim": None, "seed": 0, "reference": None}
-    settings |= umap
-    return SimpleNamespace(
-        input=SimpleNamespace(
-            tiles=str(dataset_dir / "tiles.parquet"),
-            slides=str(dataset_dir / "slides.parquet"),
-            features=str(dataset_dir / "features.h5"),
-        ),
-        output=SimpleNamespace(umap=str(out / "umap.joblib"), coords=str(out / "coords.parquet")),
-        params=SimpleNamespace(**settings),
-        log=[str(out / "fit_umap.log")],
+    settings |= {"max_tiles_per_slide": 100, "max_fit_tiles": None, "pca_dim": None, "seed": 0}
+    model, sample = reference, []
+    if reference is None:
+        model, sample = str(out / "fit" / "umap.joblib"), str(out / "fit" / "sample.parquet")
+        fit = SimpleNamespace(
+            input=SimpleNamespace(h5=h5),
+            output=SimpleNamespace(model=model, sample=sample),
+            params=SimpleNamespace(**settings, slides=slides),
+            log=[str(out / "fit_umap.log")],
+        )
+        run_script("fit_umap", fit, monkeypatch)
+    project = SimpleNamespace(
+        input=SimpleNamespace(h5=h5, model=model, sample=sample),
+        output=SimpleNamespace(shard=str(out / "shards" / "0000.parquet")),
+        params=SimpleNamespace(slides=slides),
+        wildcards=SimpleNamespace(shard="0000"),
+        log=[str(out / "project_umap.log")],
     )
+    run_script("project_umap", project, monkeypatch)
+    gather = SimpleNamespace(
+        input=SimpleNamespace(shards=[project.output.shard], model=model),
+        output=SimpleNamespace(umap=str(out / "umap.joblib"), coords=str(out / "coords.parquet")),
+        params=SimpleNamespace(reference=reference),
+        log=[str(out / "gather_umap.log")],
+    )
+    run_script("gather_umap", gather, monkeypatch)
 
 
-def test_fit_umap_script_fits_then_projects_onto_reference(mopadi, tmp_path, monkeypatch):
-    dataset_dir = write_dataset_dir(tmp_path / "dataset", mopadi)
+def test_umap_scripts_fit_project_gather_then_project_onto_reference(mopadi, tmp_path, monkeypatch):
+    h5, slides = write_slide_files(tmp_path / "features", mopadi)
     first = tmp_path / "a" / "umap"
-    first.mkdir(parents=True)
-    run_script("fit_umap", fit_smk(dataset_dir, first), monkeypatch)
+    umap_stage(h5, slides, first, monkeypatch)
     coords = pd.read_parquet(first / "coords.parquet")
     assert list(coords.columns) == ["slide", "tile", "x", "y", "umap_x", "umap_y"]
     assert len(coords) == 957
@@ -412,23 +470,28 @@ def test_fit_umap_script_fits_then_projects_onto_reference(mopadi, tmp_path, mon
     np.testing.assert_allclose([xy.min(axis=0), xy.max(axis=0)], [[0, 0], [1, 1]], atol=1e-6)
     fitted = FittedUMAP.load(first / "umap.joblib")
     assert fitted.params["n_fit"] == 200 and fitted.params["random_state"] == 0
-    assert "mapped 957 tiles" in (first / "fit_umap.log").read_text()
+    assert "fitted on 200 tiles" in (first / "fit_umap.log").read_text()
+    assert "957 tiles of 2 slides" in (first / "project_umap.log").read_text()
+    # the one-job path gives the same map, bit for bit (one shard: the same transform calls)
+    one_job = SlideMap.from_features(
+        mopadi, max_tiles_per_slide=100, random_state=0, n_neighbors=15
+    )
+    np.testing.assert_array_equal(xy, one_job.coords.astype(np.float32))
 
-    # a second cohort (a subset) projected onto the first map
+    # a second cohort (every third tile) projected onto the first map
     reference = first / "umap.joblib"
     before = sha256(reference)
     subset = DatasetFeatures(
         mopadi.tiles.iloc[::3], mopadi.features[::3], slides=mopadi.slides, class_names=CLASSES
     )
-    second_dir = write_dataset_dir(tmp_path / "dataset2", subset)
+    h5_b, slides_b = write_slide_files(tmp_path / "features-b", subset)
     second = tmp_path / "b" / "umap"
-    second.mkdir(parents=True)
-    run_script("fit_umap", fit_smk(second_dir, second, reference=str(reference)), monkeypatch)
+    umap_stage(h5_b, slides_b, second, monkeypatch, reference=str(reference))
     assert sha256(reference) == before
     assert sha256(second / "umap.joblib") == before  # a byte copy of the reference
     projected = pd.read_parquet(second / "coords.parquet")
     assert len(projected) == len(subset.tiles)
-    np.testing.assert_allclose(
+    np.testing.assert_array_equal(
         projected[["umap_x", "umap_y"]].to_numpy(), fitted.transform(subset.features)
     )
 

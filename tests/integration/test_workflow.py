@@ -24,7 +24,14 @@ from tests.integration.cohort import (
 )
 
 SLIDES, LABELS = TINY_SLIDES, TINY_LABELS
-UMAP_AND_DOWNSTREAM = {"fit_umap": 1, "plot_umap": len(LABELS), "render_mosaic": 1, "all": 1}
+UMAP_AND_DOWNSTREAM = {
+    "fit_umap": 1,
+    "project_umap": 1,  # the three slides are one shard (umap.shard_slides: 50)
+    "gather_umap": 1,
+    "plot_umap": len(LABELS),
+    "render_mosaic": 1,
+    "all": 1,
+}
 METHODS = [
     "vanilla",
     "integrated_gradients",
