@@ -219,3 +219,42 @@ def test_adding_a_slide_extracts_only_that_slide(tiny_run, tmp_path):
     assert counts["extract_activations"] == 1
     assert counts["merge_dataset"] == 1
     assert "s4.h5" in out
+
+
+def one_job_coords(directory, **umap) -> pd.DataFrame:
+    """coords.parquet as the one-job path (SlideMap.from_features on the whole dataset) makes
+    it with the tiny config's UMAP settings (and ``umap``'s)."""
+    from histoatlas.analysis.dataset import DatasetFeatures
+    from histoatlas.analysis.slidemap import SlideMap
+
+    dataset = DatasetFeatures.from_dataset(directory / "results/tiny/dataset")
+    settings = {"n_neighbors": 10, "max_tiles_per_slide": 200, "max_fit_tiles": 50_000} | umap
+    slide_map = SlideMap.from_features(dataset, random_state=0, **settings)
+    return slide_map.data[["slide", "tile", "x", "y", "umap_x", "umap_y"]]
+
+
+def test_umap_equals_the_one_job_path(tiny_run, tmp_path):
+    coords = pd.read_parquet(tiny_run.dir / "results/tiny/umap/coords.parquet")
+    expected = one_job_coords(tiny_run.dir)
+    pd.testing.assert_frame_equal(coords, expected, check_like=False, check_dtype=True)
+    # with tiles outside the fitting sample (30 per slide fitted, the rest projected)
+    copy = copy_run(tiny_run, tmp_path / "tiny")
+    target = "results/tiny/umap/coords.parquet"
+    snakemake(copy, target, "--config", "umap={max_tiles_per_slide: 30}")
+    coords = pd.read_parquet(copy / target)
+    pd.testing.assert_frame_equal(coords, one_job_coords(copy, max_tiles_per_slide=30))
+    shard = pd.read_parquet(copy / "results/tiny/umap/shards/0000.parquet")
+    assert shard["fitted"].sum() == 90 and (~shard["fitted"]).sum() > 100
+
+
+def test_kept_map_projects_a_new_slide_alone(tiny_run, tmp_path):
+    copy = copy_run(tiny_run, tmp_path / "tiny")
+    kept = copy / "maps" / "tiny.joblib"
+    kept.parent.mkdir()
+    kept.write_bytes((copy / "results/tiny/umap/umap.joblib").read_bytes())
+    umap = "umap={reference: maps/tiny.joblib, shard_slides: 1}"
+    snakemake(copy, "results/tiny/umap/coords.parquet", "--config", umap)
+    add_slide(copy, "s4", seed=7)
+    counts, _ = dry_run(copy, "--config", umap)
+    assert counts["extract_activations"] == 1 and counts["project_umap"] == 1
+    assert "fit_umap" not in counts and counts["gather_umap"] == 1
