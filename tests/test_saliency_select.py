@@ -218,3 +218,28 @@ def test_csv_round_trip_and_script(tmp_path):
     rule = pd.read_csv(tmp_path / "rule" / "tiles.csv")
     assert rule[["slide", "x", "y"]].values.tolist() == [["s2", 200, 200]]
     assert "selected 1 tile(s) from 1 slide(s)" in (tmp_path / "rule.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"top_k_per_class": 1},
+        {"top_k_per_class": 3},
+        [{"slide": "s2", "x": 250, "y": 10}, {"slide": "s1", "x": 0, "y": 0, "class": 2}],
+    ],
+)
+def test_tiles_read_in_batches_give_the_whole_table_s_choice(spec, tmp_path):
+    tiles, slides = make_tables(seed=4)
+    # ties across batches: equal probabilities must still go to the earlier tile
+    tiles.loc[[3, 20], "pred_tumor"] = tiles["pred_tumor"].max()
+    tiles.to_parquet(tmp_path / "tiles.parquet", index=False)
+    slides.to_parquet(tmp_path / "slides.parquet", index=False)
+    expected = select_tiles(tiles, slides, spec)
+    written = select_tiles_to_csv(
+        tmp_path / "tiles.parquet",
+        tmp_path / "slides.parquet",
+        spec,
+        tmp_path / "t.csv",
+        batch_rows=4,
+    )
+    pd.testing.assert_frame_equal(written, expected)

@@ -82,8 +82,8 @@ def fit_cohort(
     n_total = sum(n for n, _ in sizes)
     if n_total == 0:
         raise EmptyDatasetError(
-            "UMAP: the cohort has no tiles to fit on (every slide empty after tissue "
-            "filtering); check the slides or relax config `tiles:` filters"
+            f"UMAP: the cohort has no tiles ({len(sizes)} slides, every one without tissue "
+            "after filtering); check the slides, or relax the tissue filters in config `tiles:`"
         )
     _check_widths(h5_paths, sizes)
     rows = sample_in_order(

@@ -132,8 +132,15 @@ def select_tiles_to_csv(
     slides_parquet: str | os.PathLike,
     spec: Any,
     out_csv: str | os.PathLike,
+    *,
+    batch_rows: int = 1 << 20,
 ):
     """Read the dataset tables, :func:`select_tiles`, and write ``tiles.csv`` atomically.
+
+    The tiles table is read in row batches, its needed columns only: for
+    ``top_k_per_class`` each batch's contenders join the best tiles so far (the same
+    choice, ties in table order, as on the whole table); for explicit points only the
+    named slides' rows are read. Memory does not grow with the cohort.
 
     Returns
     -------
@@ -142,10 +149,46 @@ def select_tiles_to_csv(
     """
     import pandas as pd
 
-    selected = select_tiles(pd.read_parquet(tiles_parquet), pd.read_parquet(slides_parquet), spec)
+    slides = pd.read_parquet(slides_parquet)
+    tiles = _contenders(tiles_parquet, spec, batch_rows)
+    selected = select_tiles(tiles, slides, spec)
     with atomic_output(out_csv) as tmp:
         selected.to_csv(tmp, index=False)
     return selected
+
+
+def _contenders(tiles_parquet, spec: Any, batch_rows: int):
+    """The rows of the tiles table that :func:`select_tiles` can pick for ``spec``."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(tiles_parquet)
+    names = source.schema_arrow.names
+    wanted = [c for c in names if c in _TILE_COLUMNS or c.startswith("pred_")]
+    if isinstance(spec, Sequence) and not isinstance(spec, str):
+        named = sorted({str(e["slide"]) for e in spec if isinstance(e, Mapping) and "slide" in e})
+        if {"slide"} <= set(names) and named:
+            subset = pq.read_table(tiles_parquet, columns=wanted, filters=[("slide", "in", named)])
+            if subset.num_rows or not source.metadata.num_rows:
+                return subset.to_pandas()
+    if not (isinstance(spec, Mapping) and "top_k_per_class" in spec):
+        return pd.read_parquet(tiles_parquet, columns=wanted)
+    try:
+        k = max(int(spec["top_k_per_class"]), 1)
+    except (TypeError, ValueError):
+        k = 1  # select_tiles names the bad value
+    best = None
+    for batch in source.iter_batches(batch_size=batch_rows, columns=wanted):
+        part = batch.to_pandas()
+        best = part if best is None else pd.concat([best, part], ignore_index=True)
+        keep = set()
+        for column in class_columns(best):
+            keep.update(best.nlargest(k, column, keep="first").index)
+        if keep:  # without predictions select_tiles says so; keep the first rows only
+            best = best.loc[sorted(keep)].reset_index(drop=True)
+        else:
+            best = best.head(1)
+    return best if best is not None else pd.read_parquet(tiles_parquet, columns=wanted)
 
 
 def tile_dir_name(slide: str, x: int, y: int, class_name: str) -> str:
