@@ -19,10 +19,10 @@ import torch
 
 import histoatlas
 from histoatlas.analysis.features import Features
+from histoatlas.atomic import is_partial
 from histoatlas.backends import load_model
 from histoatlas.backends.params import ModelParams
 from histoatlas.backends.torch.architectures import demo_cnn
-from histoatlas.atomic import is_partial
 from histoatlas.errors import ConfigError, ModelError, SlideError
 from histoatlas.io.slide_h5 import read_slide_h5
 from histoatlas.io.tiling import TileOptions

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from histoatlas.analysis.dataset import DatasetFeatures
+from histoatlas.analysis.dataset import DatasetFeatures, merge_dataset
 from histoatlas.analysis.slidemap import SlideMap, apply_label, normalized_entropy
 from histoatlas.analysis.umap_fit import FittedUMAP, fit_umap, layout_frame, sample_per_group
 from histoatlas.errors import ConfigError, EmptyDatasetError, HistoatlasError
@@ -385,7 +385,8 @@ def test_load_refuses_a_map_of_another_dataset(fitted_map, tmp_path):
 
 
 def write_slide_files(folder: Path, dataset: DatasetFeatures) -> tuple[list[str], list[str]]:
-    """One per-slide h5 file per slide of a dataset: (paths, slide ids)."""
+    """One per-slide h5 file per slide of a dataset, and their dataset table in
+    ``dataset/``: (paths, slide ids)."""
     from histoatlas.io.slide_h5 import write_slide_h5
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -402,6 +403,14 @@ def write_slide_files(folder: Path, dataset: DatasetFeatures) -> tuple[list[str]
         )
         paths.append(str(folder / f"{slide}.h5"))
         slides.append(slide)
+    sheet = pd.DataFrame({"slide": slides, "path": slides})
+    merge_dataset(
+        paths,
+        sheet,
+        tiles_path=folder / "dataset" / "tiles.parquet",
+        slides_path=folder / "dataset" / "slides.parquet",
+        features_path=folder / "dataset" / "features.h5",
+    )
     return paths, slides
 
 
@@ -436,9 +445,9 @@ def umap_stage(h5, slides, out: Path, monkeypatch, reference: str | None = None)
     if reference is None:
         model, sample = str(out / "fit" / "umap.joblib"), str(out / "fit" / "sample.parquet")
         fit = SimpleNamespace(
-            input=SimpleNamespace(h5=h5),
+            input=SimpleNamespace(features=str(Path(h5[0]).parent / "dataset" / "features.h5")),
             output=SimpleNamespace(model=model, sample=sample),
-            params=SimpleNamespace(**settings, slides=slides),
+            params=SimpleNamespace(**settings),
             log=[str(out / "fit_umap.log")],
         )
         run_script("fit_umap", fit, monkeypatch)

@@ -108,7 +108,7 @@ def cohort(tmp_path_factory):
     one_job = SlideMap.from_features(dataset, **UMAP)
     one_job.save(out / "one-job")
     model, sample = out / "fit" / "umap.joblib", out / "fit" / "sample.parquet"
-    fit_cohort(paths, slides, model_path=model, sample_path=sample, **UMAP)
+    fit_cohort(out / "features.h5", model_path=model, sample_path=sample, **UMAP)
     return dict(
         dir=out,
         paths=paths,
@@ -223,14 +223,13 @@ def test_fit_reads_only_its_sample_and_caps_it(cohort, tmp_path, monkeypatch):
 
     monkeypatch.setattr(umap_cohort, "read_rows", counting)
     fitted = fit_cohort(
-        cohort["paths"],
-        cohort["slides"],
+        cohort["dir"] / "features.h5",
         model_path=tmp_path / "m.joblib",
         sample_path=tmp_path / "s.parquet",
         max_fit_tiles=150,
         **UMAP,
     )
-    assert sum(read) == fitted.params["n_fit"] == 150
+    assert read == [150] and fitted.params["n_fit"] == 150  # its sample alone
     groups = np.repeat(cohort["slides"], SIZES)
     expected = sample_per_group(groups, 100, seed=0, max_total=150)
     tiles = cohort["dataset"].tiles.iloc[expected]

@@ -1,6 +1,8 @@
+# Reads its sample from the per-slide files through the dataset's virtual features.h5 (which
+# lists them in sheet order): one input, not one per slide, keeps the DAG small.
 rule fit_umap:
     input:
-        h5=cohort_h5_files,
+        features=paths.DATASET["features"],
     output:
         model=paths.UMAP_FIT_MODEL,
         sample=paths.UMAP_FIT_SAMPLE,
@@ -19,8 +21,6 @@ rule fit_umap:
         max_fit_tiles=lookup(dpath="umap/max_fit_tiles", within=config),
         pca_dim=lookup(dpath="umap/pca_dim", within=config),
         seed=lookup(dpath="umap/seed", within=config),
-        # the sample is drawn in sheet order: a reordered sheet is another sample
-        slides=SLIDES,
     script:
         "../scripts/fit_umap.py"
 

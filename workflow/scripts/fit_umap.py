@@ -15,8 +15,7 @@ def main(smk) -> None:
     with job_logging(smk):
         umap = ("n_neighbors", "min_dist", "metric", "max_tiles_per_slide", "max_fit_tiles")
         fitted = fit_cohort(
-            smk.input.h5,
-            params.slides,
+            smk.input.features,
             model_path=smk.output.model,
             sample_path=smk.output.sample,
             pca_dim=params.pca_dim,

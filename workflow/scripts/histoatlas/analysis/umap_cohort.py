@@ -1,9 +1,10 @@
 """UMAP of a whole cohort in three steps, each in bounded memory, the middle one in parallel.
 
 1. :func:`fit_cohort` (rule ``fit_umap``): reads only the rows it fits, straight from the
-   per-slide files (at most ``max_tiles_per_slide`` per slide, ``max_fit_tiles`` in all; the
-   same seeded sample as the one-job :func:`~histoatlas.analysis.umap_fit.fit_umap`), fits,
-   and writes the model (frame not yet set) and the sample's layout.
+   per-slide files through the dataset's virtual ``features.h5`` (at most
+   ``max_tiles_per_slide`` per slide, ``max_fit_tiles`` in all; the same seeded sample as the
+   one-job :func:`~histoatlas.analysis.umap_fit.fit_umap`), fits, and writes the model (frame
+   not yet set) and the sample's layout.
 2. :func:`project_shard` (rule ``project_umap``, one job per shard of slides): projects the
    shard's other tiles with ``transform``, in chunks of ``chunk_size`` rows taken in cohort
    order as the one-job path takes them; fitted tiles keep their fitted positions.
@@ -21,6 +22,7 @@ for bit; more shards place the projected tiles as the one-job path would with th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import deque
@@ -35,7 +37,7 @@ from histoatlas.analysis.umap_model import FittedUMAP
 from histoatlas.atomic import atomic_output
 from histoatlas.errors import EmptyDatasetError, HistoatlasError
 from histoatlas.io.slide_h5 import open_slide_h5
-from histoatlas.io.slide_rows import iter_feature_chunks, read_rows, slide_size
+from histoatlas.io.slide_rows import iter_feature_chunks, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,7 @@ CHUNK_SIZE = 50_000
 
 
 def fit_cohort(
-    h5_paths: Sequence[str | os.PathLike],
-    slides: Sequence[str],
+    features_path: str | os.PathLike,
     *,
     model_path: str | os.PathLike,
     sample_path: str | os.PathLike,
@@ -53,12 +54,14 @@ def fit_cohort(
     max_fit_tiles: int | None = None,
     **fit_kwargs,
 ) -> FittedUMAP:
-    """Fit UMAP on the cohort's sample, read row by row from the per-slide files.
+    """Fit UMAP on the cohort's sample, reading those rows alone from the per-slide files.
 
     Parameters
     ----------
-    h5_paths, slides : sequence
-        The per-slide files and their slide ids, in cohort (sheet) order.
+    features_path : path
+        The dataset's ``features.h5``: its virtual ``features`` maps the per-slide files in
+        cohort order (attributes ``slides`` and ``n_tiles``), so reading a row reads it
+        from its slide's file.
     model_path : path
         Where to write the fitted model (``umap.joblib`` format, frame unset).
     sample_path : path
@@ -78,26 +81,20 @@ def fit_cohort(
     EmptyDatasetError
         If the cohort has no tiles, or too few to fit.
     """
-    sizes = [slide_size(p) for p in h5_paths]
-    n_total = sum(n for n, _ in sizes)
+    slides, counts = _cohort_slides(features_path)
+    n_total = int(sum(counts))
     if n_total == 0:
         raise EmptyDatasetError(
-            f"UMAP: the cohort has no tiles ({len(sizes)} slides, every one without tissue "
+            f"UMAP: the cohort has no tiles ({len(slides)} slides, every one without tissue "
             "after filtering); check the slides, or relax the tissue filters in config `tiles:`"
         )
-    _check_widths(h5_paths, sizes)
     rows = sample_in_order(
-        [n for n, _ in sizes],
-        max_tiles_per_slide,
-        seed=fit_kwargs.get("random_state", 0),
-        max_total=max_fit_tiles,
+        counts, max_tiles_per_slide, seed=fit_kwargs.get("random_state", 0), max_total=max_fit_tiles
     )
-    train = np.empty((sum(len(r) for r in rows), sizes[0][1]), dtype=np.float32)
-    start = 0
-    for path, chosen in zip(h5_paths, rows, strict=True):
-        if len(chosen):
-            train[start : start + len(chosen)] = read_rows(path, chosen)
-            start += len(chosen)
+    starts = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
+    train = read_rows(
+        features_path, np.concatenate([s + r for s, r in zip(starts, rows, strict=True)])
+    )
     fitted = fit_model(
         train,
         n_total=n_total,
@@ -116,6 +113,19 @@ def fit_cohort(
     _write_table(sample, sample_path)
     fitted.save(model_path)
     return fitted
+
+
+def _cohort_slides(features_path) -> tuple[list[str], list[int]]:
+    """The dataset's slides and their tile counts, in cohort order (``features.h5``'s)."""
+    import h5py
+
+    try:
+        with h5py.File(features_path, "r") as f:
+            return json.loads(f.attrs["slides"]), [int(n) for n in json.loads(f.attrs["n_tiles"])]
+    except (OSError, KeyError) as e:
+        raise HistoatlasError(
+            f"{features_path} is not a dataset's features.h5 (merge_dataset's): {e}"
+        ) from None
 
 
 def project_shard(
@@ -323,17 +333,6 @@ def _raw_blocks(shard_paths):
             batch_size=1 << 20, columns=["raw_x", "raw_y"]
         ):
             yield np.stack([batch["raw_x"], batch["raw_y"]], axis=1).astype(np.float32)
-
-
-def _check_widths(h5_paths, sizes) -> None:
-    widths = {w for _, w in sizes}
-    if len(widths) > 1:
-        first = sizes[0][1]
-        other = next(p for p, (_, w) in zip(h5_paths, sizes, strict=True) if w != first)
-        raise HistoatlasError(
-            f"{other} has activations of another width than {h5_paths[0]} ({first}); all "
-            "slides of a cohort must come from one featureset"
-        )
 
 
 # -- tables -----------------------------------------------------------------------------
