@@ -13,6 +13,7 @@ from histoatlas.io.sheet import check_cohort_sheet, read_sheet  # noqa: E402
 from histoatlas.pipeline import paths  # noqa: E402
 from histoatlas.pipeline.config import check_config, coerce_config, featureset_name  # noqa: E402
 from histoatlas.pipeline.qc import summary_line, write_qc_summary  # noqa: E402
+from histoatlas.runtime import collect_garbage_less  # noqa: E402
 
 import yaml  # noqa: E402
 from snakemake.exceptions import WorkflowError  # noqa: E402
@@ -188,9 +189,35 @@ def demo_model_env(wildcards):
     return f"../../envs/{config['demo']['backend']}.yaml"
 
 
+def _model_stamp(files):
+    """Name, size and mtime of each model file: a retrained model changes it."""
+    stamps = []
+    for name in files:
+        stat = Path(name).stat()
+        # braces doubled: Snakemake formats string params with the job's wildcards
+        safe = name.replace("{", "{{").replace("}", "}}")
+        stamps.append(f"{safe} {stat.st_size} {stat.st_mtime_ns}")
+    return stamps
+
+
 # Evaluated once, not per job (see benchmarks/README.md, "dag").
 MODEL_FILES = _model_files()
 MODEL_ENV = _model_env()
+# The extraction jobs take the model's files as inputs only where a rule builds them (the
+# demo's model); otherwise as a param, their names, sizes and mtimes: a retrained model
+# re-extracts all the same, and a sheet of 10,000 slides spares the DAG 20,000 input edges.
+MODEL_INPUTS = MODEL_FILES if USES_DEMO_MODEL else []
+MODEL_STAMP = [] if USES_DEMO_MODEL else _model_stamp(MODEL_FILES)
+
+
+def model_param(wildcards):
+    """config `model` for a job that has the model's files as inputs: a function, as
+    `snakemake --lint` takes a literal path that prefixes an input for a hard-coded one."""
+    return config["model"]
+
+
+# per extraction job a literal (no function call per slide) unless the files are inputs
+MODEL_PARAM = model_param if MODEL_INPUTS else config["model"]
 
 
 def dataset_files(cohort):
@@ -290,3 +317,8 @@ def final_targets():
     if config["features"]["include_preds"]:
         targets += [paths.SALIENCY_OVERVIEW.format(cohort=COHORT)]
     return targets
+
+
+# Last: what the Snakefile loaded stays for the whole run, so the garbage collector need not
+# walk it again and again while Snakemake builds the DAG (benchmarks/README.md, "dag").
+collect_garbage_less()

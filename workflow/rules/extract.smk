@@ -1,14 +1,13 @@
 rule extract_activations:
     input:
         slide=slide_path,
-        model=MODEL_FILES,
+        model=MODEL_INPUTS,
     output:
         h5=paths.SLIDE_H5,
+    # the status file records the job's time and peak memory too (no per-slide benchmark:)
     log:
         log=paths.EXTRACT_LOG,
         status=paths.EXTRACT_STATUS,
-    benchmark:
-        paths.EXTRACT_BENCHMARK
     conda:
         MODEL_ENV
     threads: 4
@@ -17,7 +16,8 @@ rule extract_activations:
         # tiles per forward pass (0: per device); changes no result, so it is no param
         batch_size=BATCH_SIZE,
     params:
-        model=lookup(dpath="model", within=config),
+        model=MODEL_PARAM,
+        model_files=MODEL_STAMP,
         trust_model_code=lookup(dpath="trust_model_code", within=config),
         px=lookup(dpath="tiles/px", within=config),
         um=lookup(dpath="tiles/um", within=config),

@@ -35,7 +35,7 @@ rule saliency_maps:
     resources:
         gpu=1,
     params:
-        model=lookup(dpath="model", within=config),
+        model=model_param,
         trust_model_code=lookup(dpath="trust_model_code", within=config),
         methods=lookup(dpath="saliency/methods", within=config),
         method_params=saliency_method_params(),

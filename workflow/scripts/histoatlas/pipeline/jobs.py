@@ -6,7 +6,10 @@ exception is written there with its traceback before it leaves the job. Rules th
 a ``status`` log (``extract_activations``) also get a small JSON file saying how the job
 ended, which the qc table reads instead of parsing log text: written ``{"status": "ok"}``
 or ``{"status": "failed", "error": "<Type>: <message>"}``, and removed when the job starts,
-so a job killed before it could write one (SIGKILL, out of memory) leaves none.
+so a job killed before it could write one (SIGKILL, out of memory) leaves none. Both also
+record the job's ``seconds`` and peak resident memory ``max_rss_mb`` (the process and its
+children), what a per-job ``benchmark:`` file would give, without one more file per slide
+for Snakemake to track (``benchmarks/README.md``, "dag").
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import resource
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,7 @@ def job_logging(smk: Any) -> Iterator[logging.Logger]:
     if status_path is not None:
         Path(status_path).unlink(missing_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     with open(log_path, "w", buffering=1) as stream:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter(FORMAT))
@@ -61,10 +67,11 @@ def job_logging(smk: Any) -> Iterator[logging.Logger]:
             yield logging.getLogger("histoatlas")
         except BaseException as error:
             logging.getLogger("histoatlas").exception(f"{type(error).__name__}: {error}")
-            _write_status(status_path, "failed", f"{type(error).__name__}: {error}")
+            error_text = f"{type(error).__name__}: {error}"
+            _write_status(status_path, "failed", started, error_text)
             raise
         else:
-            _write_status(status_path, "ok")
+            _write_status(status_path, "ok", started)
         finally:
             sys.stderr = before[1]
             logging.captureWarnings(False)
@@ -85,10 +92,20 @@ def read_status(path: str | Path) -> dict | None:
         return None
 
 
-def _write_status(path, status: str, error: str = "") -> None:
+def _write_status(path, status: str, started: float, error: str = "") -> None:
     if path is None:
         return
-    record = {"status": status, **({"error": error} if error else {})}
+    # ru_maxrss is in KiB on Linux; children: reader processes of a GPU extraction
+    peak = max(
+        resource.getrusage(who).ru_maxrss
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    record = {
+        "status": status,
+        **({"error": error} if error else {}),
+        "seconds": round(time.monotonic() - started, 3),
+        "max_rss_mb": round(peak / 1024, 1),
+    }
     Path(path).write_text(json.dumps(record) + "\n")
 
 

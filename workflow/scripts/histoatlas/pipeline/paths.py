@@ -12,7 +12,6 @@ from __future__ import annotations
 SLIDE_H5 = "results/features/{featureset}/{slide}.h5"
 EXTRACT_LOG = "logs/extract_activations/{featureset}/{slide}.log"
 EXTRACT_STATUS = "logs/extract_activations/{featureset}/{slide}.status.json"
-EXTRACT_BENCHMARK = "logs/extract_activations/{featureset}/{slide}.benchmark.tsv"
 
 # per cohort
 COHORT = "results/{cohort}"

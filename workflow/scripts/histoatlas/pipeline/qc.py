@@ -12,6 +12,8 @@
 ``n_filtered``          candidates the filters dropped
 ``error``               for a failed slide: the exception its job raised, or a note that the
                         job was killed or ran out of memory
+``seconds``,            the extraction job's wall time and peak resident memory (MB), from
+``max_rss_mb``          its status file (empty for a job that recorded none)
 ``h5``, ``log``         the per-slide file and the extraction log
 ======================  ==========================================================
 
@@ -45,6 +47,8 @@ COLUMNS = (
     "n_kept",
     "n_filtered",
     "error",
+    "seconds",
+    "max_rss_mb",
     "h5",
     "log",
 )
@@ -72,10 +76,12 @@ def slide_qc(slides: Sequence[str], *, featureset: str) -> pd.DataFrame:
         names = {"featureset": featureset, "slide": slide}
         h5, log = SLIDE_H5.format(**names), EXTRACT_LOG.format(**names)
         row = {"slide": slide, "status": "not run", "error": "", "h5": h5, "log": log}
+        status = read_status(EXTRACT_STATUS.format(**names)) or {}
+        row.update({k: status.get(k) for k in ("seconds", "max_rss_mb")})
         if Path(h5).exists():
             row.update(_from_h5(h5))
         else:
-            row.update(_from_status(EXTRACT_STATUS.format(**names), log))
+            row.update(_from_status(status, log))
         rows.append(row)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     for column in COUNTS:
@@ -154,10 +160,9 @@ def _from_h5(h5: str) -> dict:
     return row
 
 
-def _from_status(status_path: str, log: str) -> dict:
+def _from_status(status: dict, log: str) -> dict:
     """Why a slide has no file: its job's status, or (none written) that it was killed."""
-    status = read_status(status_path)
-    if status is not None:
+    if status:
         if status.get("status") == "ok":
             return {}  # a finished job whose file was removed since: not run (again)
         return {"status": "failed", "error": str(status.get("error", ""))}
