@@ -63,6 +63,7 @@ import re
 import string
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -294,13 +295,14 @@ def test_job_logging_writes_the_log_and_the_status(tmp_path):
     assert text[:2] == ["tiling s2", "printed by a library"]
     assert "Traceback (most recent call last):" in text
     assert text[-1] == "histoatlas.errors.SlideError: slide 's2': cannot open s2.svs"
-    assert read_status(status) == {
-        "status": "failed",
-        "error": "SlideError: slide 's2': cannot open s2.svs",
-    }
+    failed = read_status(status)
+    assert failed.pop("seconds") >= 0 and failed.pop("max_rss_mb") > 10  # this process's peak
+    assert failed == {"status": "failed", "error": "SlideError: slide 's2': cannot open s2.svs"}
     with job_logging(smk):
         logging.getLogger("histoatlas").info("done")
-    assert read_status(status) == {"status": "ok"} and log.read_text() == "done\n"
+        time.sleep(0.05)
+    ok = read_status(status)
+    assert ok["status"] == "ok" and ok["seconds"] >= 0.05 and log.read_text() == "done\n"
     logging.getLogger("histoatlas").info("after the job")  # no longer in the log
     assert log.read_text() == "done\n"
 
