@@ -15,6 +15,7 @@ that use it are skipped when it is absent.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,3 +149,18 @@ def testdata() -> Path:
     if not TESTDATA.is_dir():
         pytest.skip(f"real test data not found at {TESTDATA.resolve()} (shared/testdata)")
     return TESTDATA.resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_runs_skip_slurm():
+    """``SLURM_CONF=/dev/null`` for the session: the local Snakemake runs of the tests never
+    need SLURM, and where a slurm.conf names a controller that is down (as the cluster test
+    leaves it when killed before it restores the file), importing the SLURM executor plugin
+    waits ~9 s in every call. The cluster test lifts it for its own runs."""
+    before = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = "/dev/null"
+    yield
+    if before is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = before

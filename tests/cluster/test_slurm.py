@@ -46,7 +46,7 @@ import pytest
 import yaml
 
 from tests.cluster.jobprobe import probe_env, read_probes
-from tests.integration.cohort import SNAKEFILE, tiny_config, write_cohort
+from tests.integration.cohort import SNAKEFILE, add_slide, tiny_config, write_cohort
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -59,11 +59,21 @@ LOCK = Path(tempfile.gettempdir()) / "histoatlas-slurm-test.lock"
 
 SLIDES = ["s1", "s2", "s3"]
 H5 = [f"results/features/tiny/{s}.h5" for s in SLIDES]
-TARGETS = H5 + ["results/tiny/dataset/tiles.parquet", "results/tiny/saliency/overview.png"]
+COORDS = "results/tiny/umap/coords.parquet"
+TARGETS = H5 + [
+    "results/tiny/dataset/tiles.parquet",
+    COORDS,
+    "results/tiny/saliency/overview.png",
+]
+# one projection job per slide, and fewer tiles fitted than the slides have
+UMAP = ["--config", "umap={shard_slides: 1, max_tiles_per_slide: 30}"]
 GPU_RULES = {"extract_activations", "saliency_maps"}
 EXPECTED_JOBS = {
     "extract_activations": len(SLIDES),
     "merge_dataset": 1,
+    "fit_umap": 1,
+    "project_umap": len(SLIDES),
+    "gather_umap": 1,
     "select_saliency_tiles": 1,
     "saliency_maps": 1,
 }
@@ -132,6 +142,11 @@ def slurm_cluster(tmp_path_factory):
     if not installed and not shutil.which("apt-get"):
         pytest.skip("SLURM is not installed and there is no apt-get to install it")
 
+    # the session's SLURM_CONF=/dev/null (tests/conftest.py) is for local runs: not here
+    slurm_conf = os.environ.pop("SLURM_CONF", None)
+    # a SIGTERM (a CI timeout) must still stop the daemons and put the config back: a
+    # slurm.conf naming a controller that is down costs every later snakemake call ~9 s
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     lock = open(LOCK, "w")  # one cluster on this machine: other test sessions wait here
     waited = time.monotonic()
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -172,8 +187,15 @@ def slurm_cluster(tmp_path_factory):
             device.unlink()
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        if slurm_conf is not None:
+            os.environ["SLURM_CONF"] = slurm_conf
         left = {f: p for f, p in pids.items() if alive(p)}
         assert not left, f"SLURM daemons still running after stop.sh: {left}"
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}: stopping the test cluster")
 
 
 def start_snakemake(directory: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
@@ -216,19 +238,23 @@ def runs(slurm_cluster, tmp_path_factory):
     slurm_args = ["--workflow-profile", str(profile)]
     procs = {
         "slurm": start_snakemake(
-            dirs["slurm"], *TARGETS, *slurm_args, env=probe_env(base / "probe-slurm")
+            dirs["slurm"], *TARGETS, *slurm_args, *UMAP, env=probe_env(base / "probe-slurm")
         ),
         "grouped": start_snakemake(
             dirs["grouped"],
             *H5,
+            COORDS,
             *slurm_args,
+            *UMAP,
             "--groups",
             "extract_activations=extract",
+            "project_umap=project",
             "--group-components",
             "extract=3",
+            "project=3",
             env=probe_env(base / "probe-grouped"),
         ),
-        "local": start_snakemake(dirs["local"], *TARGETS, "--cores", "2"),
+        "local": start_snakemake(dirs["local"], *TARGETS, *UMAP, "--cores", "2"),
     }
     deadline = time.monotonic() + RUN_TIMEOUT
     outputs = {name: finish(proc, dirs[name], deadline) for name, proc in procs.items()}
@@ -249,7 +275,7 @@ def submitted_jobs(output: str) -> dict[str, list[tuple[str, str]]]:
     """{rule or group: [(SLURM job id, its log)]} from Snakemake's output."""
     jobs: dict[str, list[tuple[str, str]]] = {}
     for job_id, log in SUBMITTED.findall(output):
-        kind = re.search(r"/(rule|group)_(\w+?)(?:_extract_activations)?/", log)
+        kind = re.search(r"/(rule|group)_(\w+?)(?:_(?:extract_activations|project_umap))?/", log)
         assert kind, log
         jobs.setdefault(kind.group(2), []).append((job_id, log))
     return jobs
@@ -279,6 +305,9 @@ def test_every_job_went_through_slurm(runs):
             assert Path(log).is_file() and f"rule {rule}:" in Path(log).read_text()
     # the three slides were submitted at once: the GPU is counted per job, not globally
     assert "Execute 3 jobs..." in runs.out["slurm"]
+    # so were the three projection shards: separate SLURM jobs, side by side
+    shards = {job_id: scontrol(job_id) for job_id, _ in jobs["project_umap"]}
+    assert len(shards) == 3 and all(r["JobState"] == "COMPLETED" for r in shards.values())
 
 
 def test_gpu_rules_got_a_gpu_and_the_others_none(runs):
@@ -321,6 +350,8 @@ def test_outputs_equal_a_local_run(runs):
     for table in ("tiles", "slides"):
         path = f"results/tiny/dataset/{table}.parquet"
         pd.testing.assert_frame_equal(pd.read_parquet(local / path), pd.read_parquet(slurm / path))
+    # the map: shards projected in three SLURM jobs equal the local run's, tile for tile
+    pd.testing.assert_frame_equal(pd.read_parquet(local / COORDS), pd.read_parquet(slurm / COORDS))
     selected = pd.read_csv(local / "results/tiny/saliency/tiles.csv")
     pd.testing.assert_frame_equal(selected, pd.read_csv(slurm / "results/tiny/saliency/tiles.csv"))
     maps = pd.read_csv(local / "results/tiny/saliency/maps.csv")
@@ -332,17 +363,57 @@ def test_outputs_equal_a_local_run(runs):
 
 def test_grouped_slides_share_one_gpu_allocation(runs):
     jobs = submitted_jobs(runs.out["grouped"])
-    assert list(jobs) == ["extract"] and len(jobs["extract"]) == 1, jobs
+    assert {k: len(v) for k, v in jobs.items()} == {
+        "extract": 1,
+        "merge_dataset": 1,
+        "fit_umap": 1,
+        "project": 1,  # the three shards in one SLURM job
+        "gather_umap": 1,
+    }, jobs
     job_id = jobs["extract"][0][0]
     record = scontrol(job_id)
     assert record["JobState"] == "COMPLETED"
     assert record["TresPerJob"] == "gres:gpu:fake:1"  # one GPU, not one per slide
     assert record["TimeLimit"] == f"00:{3 * RUNTIME:02d}:00"  # the slides run in turn
     probes = sorted(runs.probes["grouped"], key=lambda p: p["start"])
-    assert [p["script"] for p in probes] == ["extract_activations"] * 3
+    shards = [p for p in probes if p["script"] == "project_umap"]
+    assert len(shards) == 3 and {p["slurm_job_id"] for p in shards} == {jobs["project"][0][0]}
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(runs.dirs["local"] / COORDS), pd.read_parquet(runs.dirs["grouped"] / COORDS)
+    )
+    probes = [p for p in probes if p["script"] == "extract_activations"]
+    assert len(probes) == 3
     assert {p["slurm_job_id"] for p in probes} == {job_id}
     assert len({p["cuda_visible_devices"] for p in probes}) == 1
     for before, after in zip(probes, probes[1:], strict=False):
         assert before["end"] <= after["start"]  # one after another on the one GPU
     for h5 in H5:
         assert_same_h5(runs.dirs["local"] / h5, runs.dirs["grouped"] / h5)
+
+
+def test_a_kept_map_projects_a_new_slide_alone(runs, tmp_path):
+    """A cohort whose map is kept (umap.reference): one more slide runs one extraction and
+    one projection job on the cluster, and the gather."""
+    directory = shutil.copytree(runs.dirs["slurm"], tmp_path / "kept", symlinks=True)
+    (directory / "maps").mkdir()
+    shutil.copy(directory / "results/tiny/umap/umap.joblib", directory / "maps/tiny.joblib")
+    kept = ["--config", "umap={reference: maps/tiny.joblib, shard_slides: 1}"]
+    local = start_snakemake(directory, COORDS, *kept, "--cores", "2")  # the kept map, locally
+    finish(local, directory, time.monotonic() + RUN_TIMEOUT)
+    before = pd.read_parquet(directory / COORDS)
+    add_slide(directory, "s4", seed=7)
+    profile = tmp_path / "profile" / "profile.yaml"
+    profile.parent.mkdir()
+    profile.write_text(yaml.safe_dump(cluster_profile(), sort_keys=False))
+    proc = start_snakemake(directory, COORDS, "--workflow-profile", str(profile), *kept)
+    output = finish(proc, directory, time.monotonic() + RUN_TIMEOUT)
+    jobs = submitted_jobs(output)
+    assert {k: len(v) for k, v in jobs.items()} == {
+        "extract_activations": 1,
+        "project_umap": 1,
+        "gather_umap": 1,
+    }, jobs
+    coords = pd.read_parquet(directory / COORDS)
+    assert coords["slide"].unique().tolist() == [*SLIDES, "s4"]
+    # the other slides kept their places on the kept map, tile for tile
+    pd.testing.assert_frame_equal(coords.iloc[: len(before)], before)
