@@ -251,7 +251,9 @@ def runs(slurm_cluster, tmp_path_factory):
             "project_umap=project",
             "--group-components",
             "extract=3",
-            "project=3",
+            # shards of a group run side by side, so its job asks for a core each: two fit
+            # the test node's two cores
+            "project=2",
             env=probe_env(base / "probe-grouped"),
         ),
         "local": start_snakemake(dirs["local"], *TARGETS, *UMAP, "--cores", "2"),
@@ -367,7 +369,7 @@ def test_grouped_slides_share_one_gpu_allocation(runs):
         "extract": 1,
         "merge_dataset": 1,
         "fit_umap": 1,
-        "project": 1,  # the three shards in one SLURM job
+        "project": 2,  # the three shards in two SLURM jobs: two, then one
         "gather_umap": 1,
     }, jobs
     job_id = jobs["extract"][0][0]
@@ -377,7 +379,12 @@ def test_grouped_slides_share_one_gpu_allocation(runs):
     assert record["TimeLimit"] == f"00:{3 * RUNTIME:02d}:00"  # the slides run in turn
     probes = sorted(runs.probes["grouped"], key=lambda p: p["start"])
     shards = [p for p in probes if p["script"] == "project_umap"]
-    assert len(shards) == 3 and {p["slurm_job_id"] for p in shards} == {jobs["project"][0][0]}
+    per_job = sorted(
+        sum(p["slurm_job_id"] == job_id for p in shards) for job_id, _ in jobs["project"]
+    )
+    assert per_job == [1, 2], per_job
+    two = next(j for j, _ in jobs["project"] if sum(p["slurm_job_id"] == j for p in shards) == 2)
+    assert scontrol(two)["NumCPUs"] == "2"  # side by side in one allocation
     pd.testing.assert_frame_equal(
         pd.read_parquet(runs.dirs["local"] / COORDS), pd.read_parquet(runs.dirs["grouped"] / COORDS)
     )
