@@ -43,7 +43,7 @@ BATCH_ROWS = 1 << 20
 # k-means is fitted on at most this many tiles, and this many bytes of their activations (a
 # seeded sample), then assigns every tile
 CLUSTER_FIT_ROWS = 100_000
-CLUSTER_FIT_BYTES = 256 * 2**20
+CLUSTER_FIT_BYTES = 128 * 2**20
 KEYS = ["slide", "tile"]
 
 

@@ -247,12 +247,17 @@ class _SlideLayout:
 
 class _Projector:
     """Projects the rest rows of consecutive slides in calls of exactly ``chunk_size`` rows
-    (the last one shorter), crossing slide boundaries as the one-job path does."""
+    (the last one shorter), crossing slide boundaries as the one-job path does.
+
+    Rows go straight into one preallocated ``(chunk_size, F)`` buffer: with the PCA's copy
+    of it, the job's largest arrays.
+    """
 
     def __init__(self, fitted: FittedUMAP, chunk_size: int) -> None:
         self.fitted, self.chunk_size = fitted, int(chunk_size)
         self.slides: deque[_SlideLayout] = deque()
-        self.pending: list[tuple[_SlideLayout, np.ndarray, np.ndarray]] = []
+        self.buffer: np.ndarray | None = None
+        self.owners: list[tuple[_SlideLayout, np.ndarray]] = []  # rows of the buffer, in order
         self.buffered = 0
         self.done = 0
 
@@ -262,40 +267,35 @@ class _Projector:
             return
         for first, block in iter_feature_chunks(layout.path):
             rows = first + np.flatnonzero(~layout.fitted[first : first + len(block)])
-            if len(rows):
-                self.pending.append((layout, rows, block[rows - first]))
-                self.buffered += len(rows)
-            while self.buffered >= self.chunk_size:
-                self._project(self.chunk_size)
+            taken = 0
+            while taken < len(rows):
+                if self.buffer is None:
+                    self.buffer = np.empty((self.chunk_size, block.shape[1]), dtype=np.float32)
+                k = min(len(rows) - taken, self.chunk_size - self.buffered)
+                part = rows[taken : taken + k]
+                self.buffer[self.buffered : self.buffered + k] = block[part - first]
+                self.owners.append((layout, part))
+                self.buffered += k
+                taken += k
+                if self.buffered == self.chunk_size:
+                    self._project()
 
     def completed(self, flush: bool = False):
         """Slides whose every tile is placed, in order (all of them when ``flush``)."""
         if flush and self.buffered:
-            self._project(self.buffered)
+            self._project()
         while self.slides and self.slides[0].left == 0:
             yield self.slides.popleft()
 
-    def _project(self, n: int) -> None:
-        taken, parts = 0, []
-        while taken < n:
-            layout, rows, feats = self.pending[0]
-            k = min(n - taken, len(rows))
-            parts.append((layout, rows[:k], feats[:k]))
-            if k == len(rows):
-                self.pending.pop(0)
-            else:
-                self.pending[0] = (layout, rows[k:], feats[k:])
-            taken += k
-        raw = self.fitted.raw_transform(
-            np.concatenate([f for _, _, f in parts]), chunk_size=self.chunk_size
-        )
+    def _project(self) -> None:
+        raw = self.fitted.raw_transform(self.buffer[: self.buffered], chunk_size=self.chunk_size)
         start = 0
-        for layout, rows, _ in parts:
+        for layout, rows in self.owners:
             layout.raw[rows] = raw[start : start + len(rows)]
             layout.left -= len(rows)
             start += len(rows)
-        self.buffered -= n
-        self.done += n
+        self.done += self.buffered
+        self.owners, self.buffered = [], 0
 
 
 def _write_slide(writer, layout: _SlideLayout) -> int:
