@@ -39,7 +39,7 @@ from histoatlas.analysis.raster import (
 from histoatlas.errors import ConfigError, HistoatlasError
 from histoatlas.io.slide_rows import CHUNK_BYTES
 
-BATCH_ROWS = 1 << 20
+BATCH_ROWS = 1 << 16  # rows read at a time: a few MB, whatever the cohort
 # k-means is fitted on at most this many tiles, and this many bytes of their activations (a
 # seeded sample), then assigns every tile
 CLUSTER_FIT_ROWS = 100_000

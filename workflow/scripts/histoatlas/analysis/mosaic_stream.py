@@ -19,7 +19,7 @@ from histoatlas.analysis.mosaic import Mosaic
 from histoatlas.analysis.mosaic_grid import CellSelector, scale_to_unit
 from histoatlas.errors import EmptyDatasetError, HistoatlasError
 
-BATCH_ROWS = 1 << 20
+BATCH_ROWS = 1 << 16  # rows read at a time: a few MB, whatever the cohort
 REF_COLUMNS = ("slide", "tile", "x", "y")
 
 

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # rows per transform call, as the one-job path (FittedUMAP.raw_transform) takes them
 CHUNK_SIZE = 50_000
+# rows of the layout tables read at a time: a few MB, whatever the cohort
+BATCH_ROWS = 1 << 16
 
 
 def fit_cohort(
@@ -209,7 +211,7 @@ def gather_layout(
         fitted.set_frame(streamed_layout_frame(lambda: _raw_blocks(shard_paths), margin=margin))
     with atomic_output(coords_path) as tmp, pq.ParquetWriter(tmp, COORDS_SCHEMA) as writer:
         for shard in shard_paths:
-            for batch in pq.ParquetFile(shard).iter_batches(batch_size=1 << 20):
+            for batch in pq.ParquetFile(shard).iter_batches(batch_size=BATCH_ROWS):
                 raw = np.stack([batch["raw_x"], batch["raw_y"]], axis=1).astype(np.float32)
                 xy = fitted.scale(raw)
                 columns = {k: batch[k] for k in ("slide", "tile", "x", "y")}
@@ -330,7 +332,7 @@ def _raw_blocks(shard_paths):
 
     for shard in shard_paths:
         for batch in pq.ParquetFile(shard).iter_batches(
-            batch_size=1 << 20, columns=["raw_x", "raw_y"]
+            batch_size=BATCH_ROWS, columns=["raw_x", "raw_y"]
         ):
             yield np.stack([batch["raw_x"], batch["raw_y"]], axis=1).astype(np.float32)
 

@@ -133,7 +133,7 @@ def select_tiles_to_csv(
     spec: Any,
     out_csv: str | os.PathLike,
     *,
-    batch_rows: int = 1 << 20,
+    batch_rows: int = 1 << 16,
 ):
     """Read the dataset tables, :func:`select_tiles`, and write ``tiles.csv`` atomically.
 
