@@ -38,6 +38,7 @@ from histoatlas.analysis.raster import (
 )
 from histoatlas.errors import ConfigError, HistoatlasError
 from histoatlas.io.slide_rows import CHUNK_BYTES
+from histoatlas.io.table_rows import iter_batches
 
 BATCH_ROWS = 1 << 16  # rows read at a time: a few MB, whatever the cohort
 # k-means is fitted on at most this many tiles, and this many bytes of their activations (a
@@ -87,9 +88,7 @@ def plot_label(
         If the label's column (or predictions, or activations) is missing, or the two
         tables disagree on their rows.
     """
-    import pyarrow.parquet as pq
-
-    coords, tiles = pq.ParquetFile(coords_path), pq.ParquetFile(tiles_path)
+    coords, tiles = _Table(coords_path), _Table(tiles_path)
     source = _source(label, coords, tiles, features_path, n_clusters, seed, batch_rows)
     with source:
         scan = _scan(coords, tiles, source, batch_rows)
@@ -112,6 +111,17 @@ def plot_label(
         )
         save_raster_plot(png_path, fig)
     return raster.seen
+
+
+class _Table:
+    """A Parquet table's path, schema and length (its rows are read by ``iter_batches``)."""
+
+    def __init__(self, path) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = path
+        meta = pq.ParquetFile(path)
+        self.schema_arrow, self.num_rows = meta.schema_arrow, meta.metadata.num_rows
 
 
 # -- labels -----------------------------------------------------------------------------
@@ -158,7 +168,7 @@ def _source(label, coords, tiles, features_path, n_clusters, seed, batch_rows) -
         return _Source("uncertainty", preds, _entropy(preds), True)
     if label == "cluster":
         return _cluster_source(
-            features_path, coords.metadata.num_rows, n_clusters, seed, batch_rows
+            features_path, coords.num_rows, n_clusters, seed, batch_rows
         )
     if label not in names or label == "label":
         available = ", ".join(dict.fromkeys(coords.schema_arrow.names + names))
@@ -273,9 +283,9 @@ def _checked(block: np.ndarray, features_path) -> np.ndarray:
 
 def _pieces(coords, tiles, source: _Source, batch_rows: int):
     """``(first_row, xy, values)`` of aligned pieces of the two tables, keys checked."""
-    left = coords.iter_batches(batch_size=batch_rows, columns=[*KEYS, "umap_x", "umap_y"])
-    right = tiles.iter_batches(
-        batch_size=batch_rows, columns=list(dict.fromkeys(KEYS + source.columns))
+    left = iter_batches(coords.path, columns=[*KEYS, "umap_x", "umap_y"], batch_rows=batch_rows)
+    right = iter_batches(
+        tiles.path, columns=list(dict.fromkeys(KEYS + source.columns)), batch_rows=batch_rows
     )
     a = b = None
     start = 0

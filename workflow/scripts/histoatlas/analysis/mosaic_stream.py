@@ -18,6 +18,7 @@ import pandas as pd
 from histoatlas.analysis.mosaic import Mosaic
 from histoatlas.analysis.mosaic_grid import CellSelector, scale_to_unit
 from histoatlas.errors import EmptyDatasetError, HistoatlasError
+from histoatlas.io.table_rows import iter_batches
 
 BATCH_ROWS = 1 << 16  # rows read at a time: a few MB, whatever the cohort
 REF_COLUMNS = ("slide", "tile", "x", "y")
@@ -66,13 +67,15 @@ def mosaic_from_coords(
     missing = {"umap_x", "umap_y", "slide", "x", "y"} - set(source.schema_arrow.names)
     if missing:
         raise HistoatlasError(f"{coords_path} lacks column(s) {sorted(missing)}; rerun gather_umap")
-    lo, hi = _extent(source, batch_rows)
+    lo, hi = _extent(coords_path, batch_rows)
     selector = CellSelector(num_tiles_x, tile_select=tile_select)
     columns = [c for c in REF_COLUMNS if c in source.schema_arrow.names]
     n_cells = selector.n_x * selector.n_y
     held = {c: np.empty(n_cells, dtype=object if c == "slide" else np.int64) for c in columns}
     unit = np.full((n_cells, 2), np.nan)
-    for batch in source.iter_batches(batch_size=batch_rows, columns=columns + ["umap_x", "umap_y"]):
+    for batch in iter_batches(
+        coords_path, columns=[*columns, "umap_x", "umap_y"], batch_rows=batch_rows
+    ):
         xy = scale_to_unit(_xy(batch), lo, hi)
         cells, rows = selector.add(xy)
         for column in columns:
@@ -102,10 +105,10 @@ def _xy(batch) -> np.ndarray:
     ).astype(np.float64)
 
 
-def _extent(source, batch_rows: int):
+def _extent(coords_path, batch_rows: int):
     """Per-axis min and max of the finite points (infinite when there are none)."""
     lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
-    for batch in source.iter_batches(batch_size=batch_rows, columns=["umap_x", "umap_y"]):
+    for batch in iter_batches(coords_path, columns=["umap_x", "umap_y"], batch_rows=batch_rows):
         xy = _xy(batch)
         finite = xy[np.isfinite(xy).all(axis=1)]
         if len(finite):

@@ -38,6 +38,7 @@ from histoatlas.atomic import atomic_output
 from histoatlas.errors import EmptyDatasetError, HistoatlasError
 from histoatlas.io.slide_h5 import open_slide_h5
 from histoatlas.io.slide_rows import iter_feature_chunks, read_rows
+from histoatlas.io.table_rows import iter_batches
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def gather_layout(
         fitted.set_frame(streamed_layout_frame(lambda: _raw_blocks(shard_paths), margin=margin))
     with atomic_output(coords_path) as tmp, pq.ParquetWriter(tmp, COORDS_SCHEMA) as writer:
         for shard in shard_paths:
-            for batch in pq.ParquetFile(shard).iter_batches(batch_size=BATCH_ROWS):
+            for batch in iter_batches(shard, batch_rows=BATCH_ROWS):
                 raw = np.stack([batch["raw_x"], batch["raw_y"]], axis=1).astype(np.float32)
                 xy = fitted.scale(raw)
                 columns = {k: batch[k] for k in ("slide", "tile", "x", "y")}
@@ -328,12 +329,9 @@ def _sample_of(sample_path, slides: Sequence[str]) -> dict:
 
 
 def _raw_blocks(shard_paths):
-    import pyarrow.parquet as pq
 
     for shard in shard_paths:
-        for batch in pq.ParquetFile(shard).iter_batches(
-            batch_size=BATCH_ROWS, columns=["raw_x", "raw_y"]
-        ):
+        for batch in iter_batches(shard, columns=["raw_x", "raw_y"], batch_rows=BATCH_ROWS):
             yield np.stack([batch["raw_x"], batch["raw_y"]], axis=1).astype(np.float32)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from histoatlas.atomic import atomic_output
 from histoatlas.errors import ConfigError, EmptyDatasetError, SheetError
+from histoatlas.io.table_rows import iter_batches
 
 COLUMNS = [
     "slide",
@@ -178,7 +179,7 @@ def _contenders(tiles_parquet, spec: Any, batch_rows: int):
     except (TypeError, ValueError):
         k = 1  # select_tiles names the bad value
     best = None
-    for batch in source.iter_batches(batch_size=batch_rows, columns=wanted):
+    for batch in iter_batches(tiles_parquet, columns=wanted, batch_rows=batch_rows):
         part = batch.to_pandas()
         best = part if best is None else pd.concat([best, part], ignore_index=True)
         keep = set()
