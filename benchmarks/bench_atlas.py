@@ -56,7 +56,7 @@ def say(key: str, text: str, value) -> None:
 
 def write_slides(folder: Path) -> list[Path]:
     """Two 4,096 px pyramidal slides of blocky H&E-like texture (0.5 um/px)."""
-    from histoatlas.tiff import write_pyramid_tiff
+    from histoatlas.io.tiff import write_pyramid_tiff
 
     paths = []
     for k in range(2):
@@ -74,7 +74,7 @@ def write_slides(folder: Path) -> list[Path]:
 
 def cohort(n: int, slide_files: list[Path], seed: int = 0) -> dict:
     """Atlas inputs of ``n`` tiles on 200 slides (each a view of one of the slide files)."""
-    from histoatlas.mosaic import Mosaic
+    from histoatlas.analysis.mosaic import Mosaic
 
     rng = np.random.default_rng(seed)
     n_slides, per_axis = 200, SLIDE_PX // PATCH
@@ -111,7 +111,7 @@ def cohort(n: int, slide_files: list[Path], seed: int = 0) -> dict:
     )
     keys = points[["slide", "tile", "x", "y"]]
     mosaic = Mosaic(keys, umap, slides=slides, num_tiles_x=50).manifest()
-    from histoatlas.slidemap import normalized_entropy
+    from histoatlas.analysis.map_labels import normalized_entropy
 
     labels = {
         "subtype": np.asarray(["luminal A", "luminal B", "HER2", "basal"], dtype=object)[blob % 4],
