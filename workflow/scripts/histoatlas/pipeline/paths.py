@@ -27,7 +27,6 @@ MOSAIC_PNG = "results/{cohort}/mosaic/mosaic.png"
 MOSAIC_MANIFEST = "results/{cohort}/mosaic/mosaic.parquet"
 # the interactive atlas: one folder (index.html, its assets and data), written atomically
 ATLAS = "results/{cohort}/atlas"
-ATLAS_PAGE = "results/{cohort}/atlas/index.html"
 SALIENCY_TILES = "results/{cohort}/saliency/tiles.csv"
 SALIENCY_MAPS = "results/{cohort}/saliency/maps"
 SALIENCY_MANIFEST = "results/{cohort}/saliency/maps.csv"
