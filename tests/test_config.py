@@ -26,7 +26,7 @@ def validated(config):
 def test_shipped_config_is_valid_and_complete():
     shipped = yaml.safe_load((ROOT / "config.yaml").read_text())
     config = validated(dict(shipped))
-    for section in ("tiles", "features", "umap", "plots", "mosaic", "saliency", "demo"):
+    for section in ("tiles", "features", "umap", "plots", "mosaic", "saliency", "atlas", "demo"):
         documented = set(SCHEMA["properties"][section]["properties"])
         assert set(config[section]) == documented, section
 
@@ -53,6 +53,14 @@ def test_nested_command_line_strings_are_coerced():
     assert config["umap"]["pca_dim"] is None
     assert config["tiles"]["um"] == "20x" and config["tiles"]["otsu"] is False
     assert config["tiles"]["px"] == 256
+
+
+def test_atlas_settings_from_the_command_line_are_coerced():
+    # `snakemake --config "atlas={tile_px: 128, labels: [subtype, slide]}"`
+    config = validated({"atlas": {"tile_px": "128", "labels": "[subtype, slide]"}})
+    assert config["atlas"]["tile_px"] == 128
+    assert config["atlas"]["labels"] == ["subtype", "slide"]
+    assert config["atlas"]["max_points"] == 1_000_000 and validated({})["atlas"]["labels"] is None
 
 
 def test_numeric_tile_um_given_as_string_becomes_number():

@@ -170,6 +170,9 @@ def full_config(**changes) -> dict:
 def test_captions_render_for_every_kind_of_config():
     shipped = render("workflow.rst", full_config())
     assert "covering 112 µm" in shipped and "(whitespace)" not in shipped
+    assert "up to 1000000 tiles drawn, coloured by the labels of the UMAP plots" in shipped
+    atlas = render("workflow.rst", full_config(atlas={"labels": ["slide"], "tile_px": 96}))
+    assert "coloured by slide, linked to the mosaic map at 96 px per tile" in atlas
     assert "vanilla, integrated_gradients, guided_integrated_gradients" in shipped
     assert "the 2 most confidently predicted tile(s) of each class" in shipped
 

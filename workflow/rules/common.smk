@@ -222,6 +222,39 @@ def batch_size_resource(wildcards):
     return config["features"]["batch_size"] or 0
 
 
+def atlas_labels():
+    """Labels the atlas colours by: atlas.labels, else those of the UMAP plots."""
+    labels = config["atlas"]["labels"]
+    if not labels:
+        return plot_labels()
+    builtin = {"slide", "prediction", "uncertainty", "cluster"}
+    unknown = [label for label in labels if label not in builtin | set(SHEET.columns)]
+    if unknown and Path(config["slides"]).exists():  # (the demo's sheet may be unbuilt)
+        columns = [c for c in SHEET.columns if c not in ("slide", "path", "mpp")]
+        raise WorkflowError(
+            f"atlas.labels: {unknown} are neither columns of {config['slides']} ({columns}) "
+            f"nor built-ins ({', '.join(sorted(builtin))}); fix atlas.labels in the config"
+        )
+    return list(dict.fromkeys(labels))
+
+
+def atlas_tile_px():
+    """Pixels of a mosaic tile at full zoom in the atlas: atlas.tile_px, else tiles.px."""
+    return config["atlas"]["tile_px"] or config["tiles"]["px"]
+
+
+def atlas_n_clusters():
+    """k of the atlas's cluster label; None without one, so changing k leaves the atlas be."""
+    return config["plots"]["n_clusters"] if "cluster" in atlas_labels() else None
+
+
+def atlas_saliency(wildcards):
+    """The saliency manifest the atlas links from its tiles, when the run makes maps."""
+    if not config["features"]["include_preds"]:
+        return {}
+    return {"saliency": paths.SALIENCY_MANIFEST.format(cohort=wildcards.cohort)}
+
+
 def write_qc():
     """Write results/{cohort}/qc/slides.csv; called when a run ends, succeeded or failed.
 
@@ -243,6 +276,7 @@ def final_targets():
     targets = list(dataset_files(COHORT).values())
     targets += expand(paths.UMAP_PLOT, cohort=COHORT, label=plot_labels())
     targets += [paths.MOSAIC_PNG.format(cohort=COHORT)]
+    targets += [paths.ATLAS.format(cohort=COHORT)]
     if config["features"]["include_preds"]:
         targets += [paths.SALIENCY_OVERVIEW.format(cohort=COHORT)]
     return targets
