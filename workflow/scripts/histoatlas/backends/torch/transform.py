@@ -1,0 +1,86 @@
+"""The model-input transform: tiles resized and centre-cropped on their way into a network.
+
+A model whose ``params.json`` gives ``input_px`` (an encoder preset does) sees each tile
+as the reference tools feed it: resized so its shorter side is ``resize_px`` with the
+``interpolation`` (bilinear or bicubic, antialiased, as PIL and torchvision's ``Resize``
+do), rounded to whole 8-bit levels as PIL's uint8 output is, then centre-cropped to
+``input_px`` (torchvision's ``CenterCrop`` offsets). The same function runs in extraction
+(on the model's device, inside ``to_tensor``), in saliency (``preprocess``) and for the
+pictures (``model_view``), so all three see the same pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from histoatlas.backends.params import ModelParams
+
+
+class InputTransform:
+    """Resize and centre crop of ``(B, 3, H, W)`` float tiles holding 0-255 values.
+
+    Parameters
+    ----------
+    params : ModelParams
+        ``input_px``, ``resize_px`` and ``interpolation`` (see
+        :attr:`ModelParams.transforms_input`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> t = InputTransform(ModelParams(tile_px=256, input_px=224))
+    >>> t(torch.zeros(2, 3, 256, 256)).shape
+    torch.Size([2, 3, 224, 224])
+    """
+
+    def __init__(self, params: ModelParams) -> None:
+        self.resize_to = params.resize_to
+        self.input_px = params.network_px
+        self.mode = params.interpolation
+        self.active = params.transforms_input
+
+    def __call__(self, x: Any) -> Any:
+        """Resize (if the tile is not ``resize_px`` already), then crop to ``input_px``."""
+        if not self.active:
+            return x
+        import torch.nn.functional as F
+
+        h, w = x.shape[-2:]
+        size = resized_size(h, w, self.resize_to)
+        if (h, w) != size:
+            x = F.interpolate(x, size=size, mode=self.mode, antialias=True, align_corners=False)
+            x = x.round_().clamp_(0, 255)  # whole levels, as PIL's uint8 result
+        return center_crop(x, self.input_px)
+
+    def __repr__(self) -> str:
+        return f"InputTransform(resize {self.resize_to} {self.mode}, centre crop {self.input_px})"
+
+
+def resized_size(h: int, w: int, shorter: int) -> tuple[int, int]:
+    """``(h, w)`` scaled so the shorter side is ``shorter`` (torchvision's ``Resize(int)``)."""
+    if h <= w:
+        return shorter, int(shorter * w / h)
+    return int(shorter * h / w), shorter
+
+
+def center_crop(x: Any, size: int) -> Any:
+    """The central ``size x size`` of ``(..., H, W)``, offsets as torchvision's ``CenterCrop``."""
+    h, w = x.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return x[..., top : top + size, left : left + size]
+
+
+def model_view(transform: InputTransform, images) -> np.ndarray:
+    """uint8 tiles ``(..., H, W, 3)`` through ``transform``, on the CPU, still uint8."""
+    import torch
+
+    tiles = np.asarray(images)
+    if not transform.active:
+        return tiles
+    single = tiles.ndim == 3
+    batch = torch.from_numpy(np.ascontiguousarray(tiles[None] if single else tiles))
+    out = transform(batch.permute(0, 3, 1, 2).float())
+    view = out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return view[0] if single else view
