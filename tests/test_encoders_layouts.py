@@ -20,7 +20,7 @@ from histoatlas.backends.torch.encoders import (
     resolve_spec,
 )
 from tests import encoder_refs as refs
-from tests.test_encoders_reference import TIMM_REFERENCES
+from tests.encoder_cases import TIMM_REFERENCES
 
 REFERENCES = {
     **{name: None for name in TIMM_REFERENCES},

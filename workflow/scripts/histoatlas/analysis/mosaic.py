@@ -48,8 +48,10 @@ class Mosaic:
     coords : ndarray, shape (N, 2)
         Layout; taken as is when within [0, 1], else min-max scaled per axis.
     slides : DataFrame, optional
-        Needed for tiles of slides: ``slide``, ``path``, ``mpp``, ``tile_um`` and
-        (checked when present) ``patch_size_level0``.
+        Needed for tiles of slides: ``slide``, ``path``, ``mpp``, ``tile_um``,
+        (checked when present) ``patch_size_level0`` and (optional) ``view_fraction``,
+        the centre of each tile its model saw (see ``ModelParams.view_fraction``): the
+        mosaic shows what the model saw.
     tiles : DataFrame, optional
         ``slide``, ``tile``, ``x``, ``y``: resolves ``(slide, tile_index)`` tuples.
     num_tiles_x : int
@@ -269,10 +271,10 @@ class Mosaic:
             if slide not in cache:
                 cache[slide] = self._open(slide)
                 with lock:
-                    opened.append(cache[slide])
-            wsi = cache[slide]
+                    opened.append(cache[slide][0])
+            wsi, off = cache[slide]
             for r in rows:
-                out[r] = wsi.read_tile(int(refs.at[r, "x"]), int(refs.at[r, "y"]))
+                out[r] = wsi.read_tile(int(refs.at[r, "x"]) + off, int(refs.at[r, "y"]) + off)
 
         try:
             with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
@@ -282,19 +284,28 @@ class Mosaic:
                 wsi.close()
         return out
 
-    def _open(self, slide: str):
+    def _open(self, slide: str) -> tuple[WSI, int]:
+        """The slide, tiled to what the model saw of each tile, and that view's offset.
 
+        A model whose input is the centre of its tile (``view_fraction`` < 1 in the slides
+        table: an encoder preset that crops, such as GigaPath) saw less than the tile: the
+        mosaic draws that centre, read straight from the slide, not the whole tile.
+        """
         row = self._slides.loc[slide]
-        wsi = WSI(row["path"], self.tile_px, float(row["tile_um"]), mpp=row["mpp"], name=slide)
+        fraction = float(row.get("view_fraction", 1.0))
+        fraction = 1.0 if pd.isna(fraction) else fraction
+        tile_um = float(row["tile_um"])
+        wsi = WSI(row["path"], self.tile_px, tile_um * fraction, mpp=row["mpp"], name=slide)
+        patch = int(round(tile_um / wsi.mpp))
         expected = row.get("patch_size_level0")
-        if expected is not None and not pd.isna(expected) and wsi.patch_size_level0 != expected:
+        if expected is not None and not pd.isna(expected) and patch != expected:
             wsi.close()
             raise HistoatlasError(
                 f"slide {slide!r}: reopened with tile_um={row['tile_um']} at "
-                f"mpp={wsi.mpp:g} its tiles span {wsi.patch_size_level0} level-0 px, the "
+                f"mpp={wsi.mpp:g} its tiles span {patch} level-0 px, the "
                 f"dataset says {int(expected)}; the slides table does not match the slide"
             )
-        return wsi
+        return wsi, (patch - wsi.patch_size_level0) // 2
 
 
 def _as_tile(image: np.ndarray, px: int, k: int) -> np.ndarray:

@@ -164,10 +164,11 @@ class ModelParams:
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
                 raise ModelError(f"{path}: {key} must be a string or null, got {value!r}")
-        if not all(isinstance(p, str) for p in self.ignore_keys):
+        patterns = self.ignore_keys
+        if not isinstance(patterns, tuple | list) or not all(isinstance(p, str) for p in patterns):
             raise ModelError(
                 f"{path}: ignore_keys must be a list of glob patterns (strings), e.g. "
-                f'["head.*", "*.attn_mask"]; got {list(self.ignore_keys)!r}'
+                f'["head.*", "*.attn_mask"]; got {patterns!r}'
             )
 
     def to_json(self, path: str | Path) -> None:

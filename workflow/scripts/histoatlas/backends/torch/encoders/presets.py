@@ -114,7 +114,11 @@ class Preset:
 
     def summary(self) -> dict:
         """One row of the users' table: model, file, where published, dim, tiling."""
-        crop = f", centre crop {self.input_px}" if self.center_crop else ""
+        steps = []
+        if self.resize_px != self.tile_px:
+            steps.append(f"resize {self.tile_px} -> {self.resize_px} {self.interpolation}")
+        if self.center_crop:
+            steps.append(f"centre crop {self.input_px}")
         return {
             "preset": self.name,
             "model": self.model,
@@ -122,8 +126,8 @@ class Preset:
             "published_at": self.weights_url,
             "dim": self.dim,
             "tiling": f"{self.tile_px} px @{self.magnification} ({self.tile_um:g} um)",
-            "input": f"resize {self.resize_px} {self.interpolation}{crop} -> {self.input_px}",
-            "embedding": self.recipe,
+            "input": ", ".join(steps) or "as read",
+            "embedding": "network output" if self.recipe == "output" else self.recipe,
             "precision": self.precision,
         }
 
@@ -344,7 +348,8 @@ def list_presets() -> list[dict]:
 
 def presets_markdown() -> str:
     """The README's preset table (Markdown), generated from :func:`list_presets`."""
-    cols = ("preset", "model", "weights_file", "published_at", "dim", "tiling", "input")
+    cols = ("preset", "model", "weights_file", "published_at", "dim", "embedding", "tiling",
+            "input")  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in list_presets():
         cells = [f"`{row[c]}`" if c in ("preset", "weights_file") else str(row[c]) for c in cols]
