@@ -348,9 +348,12 @@ def list_presets() -> list[dict]:
 
 def presets_markdown() -> str:
     """The README's preset table (Markdown), generated from :func:`list_presets`."""
-    cols = ("preset", "model", "weights_file", "published_at", "dim", "embedding", "tiling",
-            "input")  # fmt: skip
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    titles = {"preset": "preset", "model": "model", "weights_file": "weights file",
+              "published_at": "where its authors publish it", "dim": "dim",
+              "embedding": "embedding (`postconv`)", "tiling": "tiling",
+              "input": "network input"}  # fmt: skip
+    cols = tuple(titles)
+    lines = ["| " + " | ".join(titles.values()) + " |", "|" + "---|" * len(cols)]
     for row in list_presets():
         cells = [f"`{row[c]}`" if c in ("preset", "weights_file") else str(row[c]) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
