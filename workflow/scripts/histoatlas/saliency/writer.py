@@ -94,12 +94,8 @@ def write_saliency_maps(
     if len(tiles) == 0:
         raise EmptyDatasetError("tiles.csv lists no tiles: nothing to explain")
     methods = [check_method(m) for m in (METHODS if methods is None else methods)]
-    view = getattr(model, "model_view", None) if preprocess is None else None
-    preprocess = preprocess or getattr(model, "preprocess", None)
-    if preprocess is None:
-        raise ModelError("a bare torch module needs preprocess= (uint8 tile -> float32)")
+    compute = _MapComputer.of(model, methods, method_params, smooth, preprocess)
     tiles = _checked_tiles(tiles, list(getattr(model, "class_names", []) or []))
-    compute = _MapComputer(model, methods, method_params, smooth, preprocess, view)
     reader = _SlideTileReader() if read_tile is None else None
     try:
         records, rows, labels = _write_all(
@@ -129,6 +125,15 @@ class _MapComputer:
         self.params, self.smooth, self.preprocess = method_params, smooth, preprocess
         self.view = view
         self.explainers: dict[int, SaliencyMap] = {}
+
+    @classmethod
+    def of(cls, model, methods, method_params, smooth, preprocess) -> _MapComputer:
+        """The model's own preprocess and view, unless ``preprocess`` is given."""
+        view = getattr(model, "model_view", None) if preprocess is None else None
+        preprocess = preprocess or getattr(model, "preprocess", None)
+        if preprocess is None:
+            raise ModelError("a bare torch module needs preprocess= (uint8 tile -> float32)")
+        return cls(model, methods, method_params, smooth, preprocess, view)
 
     def __call__(self, tile: np.ndarray, class_idx: int) -> tuple[np.ndarray, dict]:
         """``(the tile as the network sees it, {method: map})``."""

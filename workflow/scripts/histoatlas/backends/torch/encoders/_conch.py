@@ -19,32 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class MultiheadPooler(nn.Module):
-    """Learned queries attending over tokens with ``nn.MultiheadAttention`` (CONCH v1).
-
-    Parameters
-    ----------
-    dim, context_dim : int
-        Width of the queries and of the tokens.
-    num_heads, num_queries : int
-    """
-
-    def __init__(self, dim: int, context_dim: int, num_heads: int = 8, num_queries: int = 1):
-        super().__init__()
-        self.query = nn.Parameter(torch.randn(num_queries, dim))
-        self.attn = nn.MultiheadAttention(dim, num_heads, kdim=context_dim, vdim=context_dim)
-        self.ln_q = nn.LayerNorm(dim)
-        self.ln_k = nn.LayerNorm(context_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pool ``(B, T, context_dim)`` tokens into ``(B, num_queries, dim)``."""
-        x = self.ln_k(x).transpose(0, 1)  # (T, B, C): MultiheadAttention is sequence-first
-        q = self.ln_q(self.query).unsqueeze(1).expand(-1, x.shape[1], -1)
-        return self.attn(q, x, x, need_weights=False)[0].transpose(0, 1)
-
-
-class LinearPooler(nn.Module):
-    """Learned queries attending over tokens with bias-free linear projections (CONCH v1.5).
+class _Pooler(nn.Module):
+    """Learned queries attending over tokens: the parts both CONCH poolers share.
 
     Parameters
     ----------
@@ -57,8 +33,29 @@ class LinearPooler(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.query = nn.Parameter(torch.randn(num_queries, dim))
-        self.ln_k = nn.LayerNorm(context_dim)
         self.ln_q = nn.LayerNorm(dim)
+        self.ln_k = nn.LayerNorm(context_dim)
+
+
+class MultiheadPooler(_Pooler):
+    """The queries attend with ``nn.MultiheadAttention`` (CONCH v1)."""
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int = 8, num_queries: int = 1):
+        super().__init__(dim, context_dim, num_heads, num_queries)
+        self.attn = nn.MultiheadAttention(dim, num_heads, kdim=context_dim, vdim=context_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool ``(B, T, context_dim)`` tokens into ``(B, num_queries, dim)``."""
+        x = self.ln_k(x).transpose(0, 1)  # (T, B, C): MultiheadAttention is sequence-first
+        q = self.ln_q(self.query).unsqueeze(1).expand(-1, x.shape[1], -1)
+        return self.attn(q, x, x, need_weights=False)[0].transpose(0, 1)
+
+
+class LinearPooler(_Pooler):
+    """The queries attend through bias-free linear projections (CONCH v1.5)."""
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int = 8, num_queries: int = 1):
+        super().__init__(dim, context_dim, num_heads, num_queries)
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_kv = nn.Linear(context_dim, 2 * dim, bias=False)
         self.to_out = nn.Linear(dim, dim, bias=False)
@@ -111,52 +108,33 @@ class ConchVisual(nn.Module):
         return self.ln_contrast(self.attn_pool_contrast(self.forward_features(x))[:, 0])
 
 
-def conch_v1(
-    *,
-    img_size: int = 448,
-    patch_size: int = 16,
-    embed_dim: int = 768,
-    depth: int = 12,
-    num_heads: int = 12,
-    mlp_ratio: float = 4.0,
-    pool_dim: int = 512,
-    pool_heads: int = 8,
-) -> ConchVisual:
-    """CONCH v1's image encoder (``conch_ViT-B-16``: ViT-B/16 at 448 px, 512-d pooler)."""
-    from timm.models.vision_transformer import VisionTransformer
+def conch_v1(*, img_size: int = 448, pool_dim: int = 512, pool_heads: int = 8, **trunk):
+    """CONCH v1's image encoder (``conch_ViT-B-16``: ViT-B/16 at 448 px, 512-d pooler).
 
-    trunk = VisionTransformer(
-        img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-        num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=0, dynamic_img_size=True,
-    )  # fmt: skip
-    return ConchVisual(trunk, MultiheadPooler(pool_dim, embed_dim, pool_heads), pool_dim)
-
-
-def conch_v15(
-    *,
-    img_size: int = 448,
-    patch_size: int = 16,
-    embed_dim: int = 1024,
-    depth: int = 24,
-    num_heads: int = 16,
-    mlp_ratio: float = 4.0,
-    init_values: float = 1.0,
-    pool_dim: int = 768,
-    pool_heads: int = 8,
-    ref_img_size: int = 224,
-) -> ConchVisual:
-    """CONCH v1.5's image encoder (ViT-L/16 with LayerScale, 768-d pooler).
-
-    The trunk is built at ``img_size`` here; the authors build it at ``ref_img_size``
-    and interpolate its position embedding on every forward pass, which the ``conch_v15``
-    key conversion does once at load time instead (the same numbers).
+    ``trunk``: timm ``VisionTransformer`` keyword arguments over ViT-B/16's (``depth``
+    12, ``embed_dim`` 768, ...).
     """
     from timm.models.vision_transformer import VisionTransformer
 
-    trunk = VisionTransformer(
-        img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-        num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, init_values=init_values,
-        num_classes=0,
-    )  # fmt: skip
-    pooler = LinearPooler(pool_dim, embed_dim, pool_heads)
-    return ConchVisual(trunk, pooler, pool_dim, ref_grid=ref_img_size // patch_size)
+    trunk = {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12, **trunk}
+    vit = VisionTransformer(img_size=img_size, num_classes=0, dynamic_img_size=True, **trunk)
+    return ConchVisual(vit, MultiheadPooler(pool_dim, trunk["embed_dim"], pool_heads), pool_dim)
+
+
+def conch_v15(*, img_size: int = 448, pool_dim: int = 768, pool_heads: int = 8,
+              ref_img_size: int = 224, **trunk):  # fmt: skip
+    """CONCH v1.5's image encoder (ViT-L/16 with LayerScale, 768-d pooler).
+
+    ``trunk``: timm ``VisionTransformer`` keyword arguments over ViT-L/16's (``depth`` 24,
+    ``embed_dim`` 1024, ``init_values`` 1.0, ...). The trunk is built at ``img_size``
+    here; the authors build it at ``ref_img_size`` and interpolate its position embedding
+    on every forward pass, which the ``conch_v15`` key conversion does once at load time
+    instead (the same numbers).
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    trunk = {"patch_size": 16, "embed_dim": 1024, "depth": 24, "num_heads": 16,
+             "init_values": 1.0, **trunk}  # fmt: skip
+    vit = VisionTransformer(img_size=img_size, num_classes=0, qkv_bias=True, **trunk)
+    pooler = LinearPooler(pool_dim, trunk["embed_dim"], pool_heads)
+    return ConchVisual(vit, pooler, pool_dim, ref_grid=ref_img_size // trunk["patch_size"])

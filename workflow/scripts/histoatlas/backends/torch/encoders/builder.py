@@ -62,12 +62,13 @@ class EncoderSpec:
     name: str
     constructor: str
     kwargs: dict
-    recipe: str = "output"
-    dim: int | None = None
-    weights_key: str | None = None
-    weights_prefix: str | None = None
-    ignore_keys: tuple[str, ...] = ()
-    convert: str | None = None
+    recipe: str
+    dim: int | None
+    # where the weights sit in the file, and what is done to its keys
+    weights_key: str | None
+    weights_prefix: str | None
+    ignore_keys: tuple[str, ...]
+    convert: str | None
     preset: Preset | None = None
 
     @property
@@ -138,6 +139,7 @@ def resolve_spec(spec, *, source: str | Path = "params.json") -> EncoderSpec:
         constructor=architecture,
         kwargs=kwargs,
         recipe=_recipe(overrides.get("embedding", "output"), source),
+        dim=None,
         weights_key=overrides.get("weights_key"),
         weights_prefix=overrides.get("weights_prefix"),
         ignore_keys=tuple(overrides.get("ignore_keys", ())),

@@ -170,19 +170,15 @@ _PRESETS = (
         weights_url="https://huggingface.co/paige-ai/Virchow2",
         source="TRIDENT Virchow2InferenceEncoder (CLS || mean of tokens[5:])",
     ),
-    Preset(
-        name="h-optimus-0", model="H-optimus-0 (ViT-g/14, 4 registers)",
-        constructor="timm:vit_giant_patch14_reg4_dinov2", kwargs=_HOPTIMUS, recipe="cls",
-        dim=1536, mean=HOPTIMUS[0], std=HOPTIMUS[1], precision="float16",
-        weights_url="https://huggingface.co/bioptimus/H-optimus-0",
-        source="TRIDENT HOptimus0InferenceEncoder",
-    ),
-    Preset(
-        name="h-optimus-1", model="H-optimus-1 (ViT-g/14, 4 registers)",
-        constructor="timm:vit_giant_patch14_reg4_dinov2", kwargs=_HOPTIMUS, recipe="cls",
-        dim=1536, mean=HOPTIMUS[0], std=HOPTIMUS[1], precision="float16",
-        weights_url="https://huggingface.co/bioptimus/H-optimus-1",
-        source="TRIDENT HOptimus1InferenceEncoder",
+    *(
+        Preset(
+            name=f"h-optimus-{v}", model=f"H-optimus-{v} (ViT-g/14, 4 registers)",
+            constructor="timm:vit_giant_patch14_reg4_dinov2", kwargs=_HOPTIMUS, recipe="cls",
+            dim=1536, mean=HOPTIMUS[0], std=HOPTIMUS[1], precision="float16",
+            weights_url=f"https://huggingface.co/bioptimus/H-optimus-{v}",
+            source=f"TRIDENT HOptimus{v}InferenceEncoder",
+        )
+        for v in (0, 1)
     ),
     Preset(
         name="gigapath", model="Prov-GigaPath tile encoder (ViT-g/16)",
@@ -241,14 +237,13 @@ _PRESETS = (
         source="TRIDENT PhikonInferenceEncoder (last_hidden_state[:, 0])",
     ),
     Preset(
-        name="phikon-v2", model="Phikon-v2 (ViT-L/16, DINOv2)",
-        constructor="timm:vit_large_patch16_224",
+        name="phikon-v2", model="Phikon-v2 (ViT-L/16, DINOv2)", recipe="cls", dim=1024,
+        constructor="timm:vit_large_patch16_224", precision="float32",
         kwargs={"img_size": 224, "num_classes": 0, "init_values": 1.0},
-        recipe="cls", dim=1024, precision="float32", weights_file="model.safetensors",
-        weights_url="https://huggingface.co/owkin/phikon-v2",
+        weights_file="model.safetensors", weights_url="https://huggingface.co/owkin/phikon-v2",
         layout="Hugging Face Dinov2Model (embeddings.*, encoder.layer.N.{norm1,attention,"
         "layer_scale1,norm2,mlp,layer_scale2}, layernorm), safetensors",
-        ignore_keys=("embeddings.mask_token",), convert="hf_dinov2",
+        convert="hf_dinov2", ignore_keys=("embeddings.mask_token",),
         source="TRIDENT Phikonv2InferenceEncoder (last_hidden_state[:, 0])",
     ),
     Preset(
