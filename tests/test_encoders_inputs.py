@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -187,3 +188,26 @@ def test_command_lists_every_preset_and_its_file():
     assert "pytorch_model_vision.bin" in rows["conch-v1.5"] and "2560" in rows["virchow2"]
     assert "huggingface.co/MahmoodLab/UNI2-h" in rows["uni2-h"]
     assert "centre crop 224" in rows["gigapath"] and "256 px @10x" in rows["ctranspath"]
+
+
+# ------------------------------------------------------------------------ the mosaic
+
+
+def test_mosaic_draws_the_centre_the_model_saw(synthetic_slide):
+    """A model that crops its tiles (``view_fraction`` < 1 in slides.parquet, as GigaPath's
+    224 of 256 px): the mosaic draws that centre, read from the slide, not the whole tile."""
+    from histoatlas.analysis.mosaic import Mosaic
+    from histoatlas.io.wsi import WSI
+
+    slide = synthetic_slide("s1", size=(1024, 768), n_levels=2)
+    slides = pd.DataFrame({"slide": ["s1"], "path": [str(slide.path)], "mpp": [0.5],
+                           "tile_um": [64.0], "patch_size_level0": [128]})  # fmt: skip
+    refs = pd.DataFrame({"slide": ["s1"], "x": [384], "y": [256]})
+    coords = np.array([[0.5, 0.5]])
+    with WSI(slide.path, 32, 32.0) as centre, WSI(slide.path, 32, 64.0) as whole:
+        want_centre, want_whole = centre.read_tile(384 + 32, 256 + 32), whole.read_tile(384, 256)
+    for fraction, want in ((0.5, want_centre), (1.0, want_whole)):
+        table = slides.assign(view_fraction=fraction)
+        image = Mosaic(refs, coords, slides=table, num_tiles_x=1, tile_px=32).render()
+        np.testing.assert_array_equal(image, want)
+    assert not np.array_equal(want_centre, want_whole)

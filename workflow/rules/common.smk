@@ -16,6 +16,7 @@ from histoatlas.pipeline.config import (  # noqa: E402
     coerce_config,
     featureset_name,
     model_tiling,
+    run_info,
 )
 from histoatlas.pipeline.qc import summary_line, write_qc_summary  # noqa: E402
 
@@ -148,7 +149,8 @@ SHEET = _SHEET.set_index("slide", drop=False)
 COHORT = config["cohort"]
 FEATURESET = featureset_name(config, _CONFIG_SCHEMA)
 # predictions: asked for, and the model has them (an encoder's output is its embedding)
-HAS_PREDICTIONS = config["features"]["include_preds"] and _model_predicts()
+# what the run computes beyond the config's keys (predictions, saliency), for the report too
+config["run_info"] = run_info(config, model_predicts=_model_predicts())
 config["features"]["name"] = FEATURESET  # the report and the params show the name in use
 
 
@@ -224,7 +226,7 @@ def umap_reference(wildcards):
 def plot_labels():
     """Labels to draw UMAP plots by: the config's, then the built-ins."""
     builtin = ["slide", "cluster"]
-    if HAS_PREDICTIONS:
+    if config["run_info"]["predictions"]:
         builtin += ["prediction", "uncertainty"]
     return list(dict.fromkeys(LABELS + builtin))
 
@@ -278,6 +280,6 @@ def final_targets():
     targets += expand(paths.UMAP_PLOT, cohort=COHORT, label=plot_labels())
     targets += [paths.MOSAIC_PNG.format(cohort=COHORT)]
     # saliency explains the top tiles of each predicted class, or the tiles config lists
-    if HAS_PREDICTIONS or isinstance(config["saliency"]["tiles"], list):
+    if config["run_info"]["saliency"]:
         targets += [paths.SALIENCY_OVERVIEW.format(cohort=COHORT)]
     return targets

@@ -238,6 +238,34 @@ def model_tiling(tiles: dict, model_px, model_um, *, model: str, source) -> dict
     return out
 
 
+def run_info(config: dict, *, model_predicts: bool) -> dict:
+    """What a run computes beyond what the config says: for the targets and the report.
+
+    Parameters
+    ----------
+    config : dict
+        The validated config.
+    model_predicts : bool
+        False for an encoder (``params.json`` output ``"embedding"``): no predictions.
+
+    Returns
+    -------
+    dict
+        ``predictions``: predictions are stored (asked for, and the model has them);
+        ``saliency``: the saliency rule runs (on the top tiles of each predicted class, or
+        on the tiles the config lists).
+
+    Examples
+    --------
+    >>> cfg = {"features": {"include_preds": True}, "saliency": {"tiles": {"top_k_per_class": 2}}}
+    >>> run_info(cfg, model_predicts=False)
+    {'predictions': False, 'saliency': False}
+    """
+    predictions = bool(config["features"]["include_preds"]) and model_predicts
+    listed = isinstance(config["saliency"]["tiles"], list)
+    return {"predictions": predictions, "saliency": predictions or listed}
+
+
 def featureset_name(config: dict, schema: dict) -> str:
     """The featureset of a config: ``features.name``, or one derived from model and tiling.
 
