@@ -199,7 +199,7 @@ def test_mosaic_draws_the_centre_the_model_saw(synthetic_slide):
     from histoatlas.analysis.mosaic import Mosaic
     from histoatlas.io.wsi import WSI
 
-    slide = synthetic_slide("s1", size=(1024, 768), n_levels=2)
+    slide = synthetic_slide("s1", size=(1024, 768), tissue=((256, 128, 768, 512),), n_levels=2)
     slides = pd.DataFrame({"slide": ["s1"], "path": [str(slide.path)], "mpp": [0.5],
                            "tile_um": [64.0], "patch_size_level0": [128]})  # fmt: skip
     refs = pd.DataFrame({"slide": ["s1"], "x": [384], "y": [256]})
