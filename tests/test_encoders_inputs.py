@@ -148,8 +148,8 @@ def test_device_transform_preprocess_and_model_view_agree(tmp_path):
     view = model.model_view(tiles)
     np.testing.assert_array_equal(view[0], tiles[0, 16:240, 16:240])  # a crop, no resize
     assert model.to_tensor(x).shape == x.shape and torch.equal(model.to_tensor(x), x)
-    # the preprocessing function of the model path says the same, without torch's model
-    np.testing.assert_allclose(get_preprocess_fn(tmp_path)(view), pre, atol=1e-6)
+    # the preprocessing function of the model path does the same, without loading the model
+    np.testing.assert_allclose(get_preprocess_fn(tmp_path)(tiles), pre, atol=1e-6)
 
 
 def test_keras_models_refuse_the_resize(tmp_path):

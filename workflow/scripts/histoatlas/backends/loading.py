@@ -83,9 +83,11 @@ def get_preprocess_fn(path: str | os.PathLike) -> Normalizer:
 
     Returns
     -------
-    Normalizer
-        Callable mapping uint8 ``(..., H, W, 3)`` to float32 ``(x / 255 - mean) / std``,
-        channels last.
+    callable
+        Mapping uint8 ``(..., H, W, 3)`` to float32 ``(x / 255 - mean) / std``, channels
+        last (a :class:`Normalizer`); for a model whose params.json resizes its input
+        (``input_px``: an encoder preset), the tiles are resized and cropped first, as the
+        backend does on the way into the network.
 
     Raises
     ------
@@ -99,6 +101,8 @@ def get_preprocess_fn(path: str | os.PathLike) -> Normalizer:
     dtype('float32')
     """
     params, _ = read_params(Path(path))
+    if params.transforms_input:
+        return backend_loader(params.backend).preprocess_fn(params)
     return Normalizer(params.mean, params.std)
 
 
@@ -166,8 +170,8 @@ def backend_module(name: str, part: str):
     """A module of a backend's package (``"torch"``, ``"tensorflow"``), imported on demand.
 
     Every backend has the same modules: ``loading`` (``load(source, *, device,
-    trust_model_code)``, ``wrap(obj, device) -> LoadedModel or None`` and
-    ``param_defaults(raw_params) -> dict``),
+    trust_model_code)``, ``wrap(obj, device) -> LoadedModel or None``,
+    ``param_defaults(raw_params) -> dict`` and ``preprocess_fn(params)``),
     ``model``, ``gradients``, ``architectures`` and ``training`` (``Trainer``).
 
     Raises

@@ -287,3 +287,11 @@ def wrap(obj, device: str | None) -> KerasModel | None:
 def param_defaults(raw) -> dict:
     """Keras models have no architecture presets: nothing to fill in."""
     return {}
+
+
+def preprocess_fn(params: ModelParams):
+    """Keras models take their tiles as read (asked for only when params.json resizes)."""
+    raise ModelError(
+        "input_px/resize_px (resizing tiles on their way into the network) are a "
+        "torch-backend option; for a Keras model set tile_px to its input size"
+    )

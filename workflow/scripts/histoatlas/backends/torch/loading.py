@@ -177,6 +177,14 @@ def _loaded(net, params, path, kind, weights_path, params_path, device) -> Torch
     ).to(device)
 
 
+def preprocess_fn(params: ModelParams):
+    """The preprocessing of a model with these params, without loading it (see
+    :func:`histoatlas.backends.get_preprocess_fn`): resize and crop, then normalise."""
+    from histoatlas.backends.torch.transform import Preprocess
+
+    return Preprocess(params)
+
+
 def param_defaults(raw) -> dict:
     """``params.json`` keys an encoder preset fills in (``{}`` unless ``architecture`` names
     one; see :func:`histoatlas.backends.torch.encoders.presets.params_defaults`)."""

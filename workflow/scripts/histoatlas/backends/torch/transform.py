@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from histoatlas.backends.base import Normalizer
 from histoatlas.backends.params import ModelParams
 
 
@@ -74,6 +75,26 @@ def center_crop(x: Any, size: int) -> Any:
     h, w = x.shape[-2:]
     top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
     return x[..., top : top + size, left : left + size]
+
+
+class Preprocess:
+    """uint8 tiles ``(..., H, W, 3)`` to the network's float32 input, channels last: the
+    transform on the CPU, then ``(x / 255 - mean) / std``. A class, so that it pickles.
+
+    Parameters
+    ----------
+    params : ModelParams
+    """
+
+    def __init__(self, params: ModelParams) -> None:
+        self.transform = InputTransform(params)
+        self.normalize = Normalizer(params.mean, params.std)
+
+    def __call__(self, images) -> np.ndarray:
+        return self.normalize(model_view(self.transform, images))
+
+    def __repr__(self) -> str:
+        return f"Preprocess({self.transform!r}, {self.normalize!r})"
 
 
 def model_view(transform: InputTransform, images) -> np.ndarray:
