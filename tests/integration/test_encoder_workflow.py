@@ -71,7 +71,8 @@ def uni2h_run(tmp_path_factory):
     (model / "params.json").write_text('{"architecture": "uni2-h", "weights": "pytorch_model.bin"}')
     config = yaml.safe_load((directory / "config.yaml").read_text())
     x, y = tissue_point(0)
-    config.update(model="uni2-h", tiles={}, features={"layers": ["postconv"]})
+    # postconv (the preset's CLS embedding) and a layer selector inside the ViT
+    config.update(model="uni2-h", tiles={}, features={"layers": ["postconv", "blocks.0:cls"]})
     config["umap"]["n_neighbors"] = 5
     config["saliency"].update(
         methods=["vanilla", "integrated_gradients", "gradcam"],
@@ -105,13 +106,14 @@ def test_featureset_takes_the_presets_tiling_and_embedding(uni2h_run):
     from histoatlas.io.wsi import WSI
 
     directory, _, ref = uni2h_run
-    folder = directory / "results/features/uni2-h-256px-20x"  # the preset's tiling
+    # the preset's tiling, and a hash for the layers (not the default [postconv])
+    (folder,) = (directory / "results/features").glob("uni2-h-256px-20x-??????")
     for slide in SLIDES:
         with h5py.File(folder / f"{slide}.h5") as f:
             assert "predictions" not in f
-            assert f["features"].shape[1] == 1536
+            assert f["features"].shape[1] == 2 * 1536
             assert (f.attrs["tile_px"], f.attrs["input_px"], f.attrs["tile_um"]) == (256, 224, 128)
-            assert json.loads(f.attrs["layers"]) == ["postconv"]
+            assert json.loads(f.attrs["layers"]) == ["postconv", "blocks.0:cls"]
             feats, coords = f["features"][:], f["coords"][:]
     # postconv of the last slide is the reference's CLS embedding of its tiles (224 px views)
     params = {"architecture": "uni2-h", "architecture_kwargs": {"depth": DEPTH}}
@@ -122,8 +124,12 @@ def test_featureset_takes_the_presets_tiling_and_embedding(uni2h_run):
     model = load_model(check, device="cpu")
     with WSI(directory / f"slides/{SLIDES[-1]}.tiff", 256, "20x") as wsi:
         x = model.to_tensor(np.stack([wsi.read_tile(*xy) for xy in coords]))
+    store = {}
+    ref.module.blocks[0].register_forward_hook(lambda m, i, o: store.update(block=o))
     with torch.inference_mode():
-        np.testing.assert_allclose(feats, ref.embed(x).numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(feats[:, :1536], ref.embed(x).numpy(), rtol=1e-4, atol=1e-4)
+    block_cls = store["block"][:, 0].numpy()  # blocks.0:cls, before the final norm
+    np.testing.assert_allclose(feats[:, 1536:], block_cls, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
