@@ -332,8 +332,10 @@ def test_extracted_file_carries_the_tile_counts(synthetic_slide, tmp_path):
 
 def test_config_errors_name_the_key_in_one_line():
     cases = {
-        "config key `tiles.px`: 'many' is not of type 'integer' (`tiles.px`: Tile edge in "
-        "pixels, as the network sees it; default 224)": {"tiles": {"px": "many"}},
+        "config key `tiles.px`: 'many' is not of type 'integer', 'null' (`tiles.px`: Tile "
+        "edge in pixels, as read from the slide; null takes the model's tile_px": {
+            "tiles": {"px": "many"}
+        },
         "config key `umap.n_neighbors`: 1 is less than the minimum of 2": {
             "umap": {"n_neighbors": "1"}
         },

@@ -107,6 +107,10 @@ def test_extract_slide_end_to_end(slide, model_dir, tmp_path, caplog):
         "class_names": ["tumor", "stroma", "fat"],
         "histoatlas_version": histoatlas.__version__,
         "precision": "float32",  # compute precision of the forward pass
+        # how tiles became the network's input: as they are (no input_px in params.json)
+        "input_px": TILE_PX,
+        "interpolation": "bilinear",
+        "view_fraction": 1.0,
         # the tile counts, for the cohort's qc table
         "n_grid": 48,
         "n_candidates": qc["n_candidates"],

@@ -244,7 +244,7 @@ def test_cohort_without_tissue_says_so(tmp_path):
     [
         (
             ["--config", "tiles={px: many}"],
-            "ConfigError: config key `tiles.px`: 'many' is not of type 'integer'",
+            "ConfigError: config key `tiles.px`: 'many' is not of type 'integer', 'null'",
         ),
         (
             ["--config", "umap={n_neighbours: 15}"],

@@ -7,11 +7,17 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from histoatlas.backends.loading import check_model_path, model_backend  # noqa: E402
+from histoatlas.backends.loading import check_model_path, model_backend, read_params  # noqa: E402
 from histoatlas.errors import HistoatlasError, ModelError  # noqa: E402
 from histoatlas.io.sheet import check_cohort_sheet, read_sheet  # noqa: E402
 from histoatlas.pipeline import paths  # noqa: E402
-from histoatlas.pipeline.config import check_config, coerce_config, featureset_name  # noqa: E402
+from histoatlas.pipeline.config import (  # noqa: E402
+    check_config,
+    coerce_config,
+    featureset_name,
+    model_tiling,
+    run_info,
+)
 from histoatlas.pipeline.qc import summary_line, write_qc_summary  # noqa: E402
 
 import yaml  # noqa: E402
@@ -62,6 +68,32 @@ def _load_sheet():
     return sheet
 
 
+def _model_params():
+    """The model's params.json (a preset's keys filled in) and its path; (None, None) for
+    the demo model before it is built."""
+    if USES_DEMO_MODEL and not _demo_model_built():
+        return None, None
+    return read_params(Path(config["model"]))
+
+
+def _resolve_tiling():
+    """tiles.px and tiles.um: the config's, else the model's (its params.json or preset)."""
+    params, params_path = _model_params()
+    if params is None:
+        px, um, source = config["demo"]["tile_px"], config["demo"]["tile_um"], "demo.tile_px"
+    else:
+        px, um, source = params.tile_px, params.tile_um, params_path
+    tiles = model_tiling(config["tiles"], px, um, model=config["model"], source=source)
+    config["tiles"].update(tiles)
+
+
+def _model_predicts():
+    """False for an encoder (params.json output "embedding", as every preset): its final
+    output is the embedding, so there are no predictions to plot or pick tiles by."""
+    params, _ = _model_params()
+    return params is None or params.output != "embedding"
+
+
 def _check_model():
     """The model path and its tile size, before any job loads it (the demo's is built)."""
     tiles = config["tiles"]
@@ -98,6 +130,7 @@ def _checked_inputs():
     except HistoatlasError as e:
         problems.append(f"{type(e).__name__}: {e}")
     try:
+        _resolve_tiling()
         _check_model()
     except HistoatlasError as e:
         problems.append(f"{type(e).__name__}: {e}")
@@ -115,6 +148,9 @@ _SHEET, LABELS = _checked_inputs()
 SHEET = _SHEET.set_index("slide", drop=False)
 COHORT = config["cohort"]
 FEATURESET = featureset_name(config, _CONFIG_SCHEMA)
+# predictions: asked for, and the model has them (an encoder's output is its embedding)
+# what the run computes beyond the config's keys (predictions, saliency), for the report too
+config["run_info"] = run_info(config, model_predicts=_model_predicts())
 config["features"]["name"] = FEATURESET  # the report and the params show the name in use
 
 
@@ -190,7 +226,7 @@ def umap_reference(wildcards):
 def plot_labels():
     """Labels to draw UMAP plots by: the config's, then the built-ins."""
     builtin = ["slide", "cluster"]
-    if config["features"]["include_preds"]:
+    if config["run_info"]["predictions"]:
         builtin += ["prediction", "uncertainty"]
     return list(dict.fromkeys(LABELS + builtin))
 
@@ -227,7 +263,9 @@ def atlas_labels():
     labels = config["atlas"]["labels"]
     if not labels:
         return plot_labels()
-    builtin = {"slide", "prediction", "uncertainty", "cluster"}
+    builtin = {"slide", "cluster"}
+    if config["run_info"]["predictions"]:
+        builtin |= {"prediction", "uncertainty"}
     unknown = [label for label in labels if label not in builtin | set(SHEET.columns)]
     if unknown and Path(config["slides"]).exists():  # (the demo's sheet may be unbuilt)
         columns = [c for c in SHEET.columns if c not in ("slide", "path", "mpp")]
@@ -250,7 +288,7 @@ def atlas_n_clusters():
 
 def atlas_saliency(wildcards):
     """The saliency manifest the atlas links from its tiles, when the run makes maps."""
-    if not config["features"]["include_preds"]:
+    if not config["run_info"]["saliency"]:
         return {}
     return {"saliency": paths.SALIENCY_MANIFEST.format(cohort=wildcards.cohort)}
 
@@ -277,6 +315,7 @@ def final_targets():
     targets += expand(paths.UMAP_PLOT, cohort=COHORT, label=plot_labels())
     targets += [paths.MOSAIC_PNG.format(cohort=COHORT)]
     targets += [paths.ATLAS.format(cohort=COHORT)]
-    if config["features"]["include_preds"]:
+    # saliency explains the top tiles of each predicted class, or the tiles config lists
+    if config["run_info"]["saliency"]:
         targets += [paths.SALIENCY_OVERVIEW.format(cohort=COHORT)]
     return targets

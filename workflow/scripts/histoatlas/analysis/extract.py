@@ -294,6 +294,12 @@ def _write(out_path, wsi: WSI, extractor: Features, done: _Extracted, qc: dict, 
         "class_names": loaded.class_names,
         "histoatlas_version": histoatlas.__version__,
         "precision": extractor.precision,
+        # how the tiles became the network's input (params.json; a preset's resize/crop)
+        "input_px": int(
+            loaded.params.network_px if loaded.params.transforms_input else wsi.tile_px
+        ),
+        "interpolation": loaded.params.interpolation,
+        "view_fraction": float(loaded.params.view_fraction),
         **{k: int(qc[k]) for k in QC_ATTRS},  # tile counts, for the cohort's qc table
     }
     write_slide_h5(

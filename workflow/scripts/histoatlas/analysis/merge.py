@@ -114,6 +114,8 @@ def _slide_row(row, sf, labels: list[str]) -> dict:
         "tile_px": int(sf.attrs["tile_px"]),
         "tile_um": float(sf.attrs["tile_um"]),
         "patch_size_level0": int(sf.attrs["patch_size_level0"]),
+        # the centre of each tile the model saw (a preset's crop); older files: all of it
+        "view_fraction": float(sf.attrs.get("view_fraction", 1.0)),
         "n_tiles": len(sf.coords),
         **{label: row[label] for label in labels},
     }

@@ -44,8 +44,10 @@ class Mosaic:
     coords : ndarray, shape (N, 2)
         Layout; taken as is when within [0, 1], else min-max scaled per axis.
     slides : DataFrame, optional
-        Needed for tiles of slides: ``slide``, ``path``, ``mpp``, ``tile_um`` and
-        (checked when present) ``patch_size_level0``.
+        Needed for tiles of slides: ``slide``, ``path``, ``mpp``, ``tile_um``,
+        (checked when present) ``patch_size_level0`` and (optional) ``view_fraction``,
+        the centre of each tile its model saw (see ``ModelParams.view_fraction``): the
+        mosaic shows what the model saw.
     tiles : DataFrame, optional
         ``slide``, ``tile``, ``x``, ``y``: resolves ``(slide, tile_index)`` tuples.
     num_tiles_x : int

@@ -2,6 +2,8 @@
 
 A tile is named by its slide and level-0 top-left corner (``slide``, ``x``, ``y``) and
 read straight from the slide's pyramid (:class:`histoatlas.io.wsi.WSI`) at ``tile_px``.
+Where the model saw only the centre of each tile (``view_fraction`` < 1 in the slides
+table: an encoder preset that crops, such as GigaPath), that centre is what is read.
 Threads each keep their own OpenSlide handle per slide; one task reads a chunk of one
 slide's tiles, which amortises the handle and keeps the threads busy.
 """
@@ -115,9 +117,9 @@ class TileReader:
         slide_col, xs, ys = refs["slide"].to_numpy(), refs["x"].to_numpy(), refs["y"].to_numpy()
 
         def task(slide: str, rows: np.ndarray) -> None:
-            wsi = self._wsi(slide)
+            wsi, offset = self._wsi(slide)
             for r in rows:
-                out[r] = wsi.read_tile(int(xs[r]), int(ys[r]))
+                out[r] = wsi.read_tile(int(xs[r]) + offset, int(ys[r]) + offset)
 
         futures = []
         for slide, rows in pd.Series(slide_col).groupby(slide_col, sort=False).indices.items():
@@ -127,23 +129,28 @@ class TileReader:
             future.result()
         return out
 
-    def _wsi(self, slide: str) -> WSI:
+    def _wsi(self, slide: str) -> tuple[WSI, int]:
         cache = self._local.__dict__.setdefault("wsis", {})
         if slide not in cache:
             cache[slide] = self._open(slide)
             with self._lock:
-                self._opened.append(cache[slide])
+                self._opened.append(cache[slide][0])
         return cache[slide]
 
-    def _open(self, slide: str) -> WSI:
+    def _open(self, slide: str) -> tuple[WSI, int]:
+        """The slide tiled to what the model saw of each tile, and that view's offset."""
         row = self.slides.loc[slide]
-        wsi = WSI(row["path"], self.tile_px, float(row["tile_um"]), mpp=row["mpp"], name=slide)
+        fraction = float(row.get("view_fraction", 1.0))
+        fraction = 1.0 if pd.isna(fraction) else fraction
+        tile_um = float(row["tile_um"])
+        wsi = WSI(row["path"], self.tile_px, tile_um * fraction, mpp=row["mpp"], name=slide)
+        patch = int(round(tile_um / wsi.mpp))
         expected = row.get("patch_size_level0")
-        if expected is not None and not pd.isna(expected) and wsi.patch_size_level0 != expected:
+        if expected is not None and not pd.isna(expected) and patch != expected:
             wsi.close()
             raise HistoatlasError(
                 f"slide {slide!r}: reopened with tile_um={row['tile_um']} at mpp={wsi.mpp:g} "
-                f"its tiles span {wsi.patch_size_level0} level-0 px, the dataset says "
+                f"its tiles span {patch} level-0 px, the dataset says "
                 f"{int(expected)}; the slides table does not match the slide (rerun merge_dataset)"
             )
-        return wsi
+        return wsi, (patch - wsi.patch_size_level0) // 2

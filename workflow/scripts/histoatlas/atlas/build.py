@@ -51,6 +51,8 @@ MOSAIC_FOLDER = "mosaic_files"
 class AtlasSettings:
     """What the atlas draws (config ``atlas:``).
 
+    Every field changes the page's files, so each is a param of the ``build_atlas`` rule.
+
     Attributes
     ----------
     tile_px : int
