@@ -25,6 +25,7 @@ import pytest
 import torch
 import yaml
 
+from histoatlas.atlas.encode import read_data_script
 from tests.encoder_cases import save_published, timm_reference
 from tests.integration.cohort import ROOT, job_counts, snakemake, tissue_slide, write_cohort
 
@@ -90,14 +91,18 @@ def test_two_key_uni2h_directory_runs_the_whole_workflow(uni2h_run):
     directory, proc, ref = uni2h_run
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["extract_activations"] == len(SLIDES)
-    for rule in ("merge_dataset", "fit_umap", "render_mosaic", "select_saliency_tiles"):
+    cohort_rules = ("merge_dataset", "fit_umap", "render_mosaic", "select_saliency_tiles")
+    for rule in (*cohort_rules, "saliency_maps", "build_atlas"):
         assert counts[rule] == 1, rule
-    assert counts["saliency_maps"] == 1
     # an encoder has no predictions: no prediction/uncertainty plots, no pred_ columns
     plots = sorted(p.name for p in (directory / "results/tiny/plots").iterdir())
     assert plots == ["umap_cluster.png", "umap_slide.png", "umap_subtype.png"]
     tiles = pd.read_parquet(directory / "results/tiny/dataset/tiles.parquet")
     assert not [c for c in tiles.columns if c.startswith("pred_")] and len(tiles) >= 4
+    # the atlas colours by what an encoder run has: no prediction or uncertainty labels
+    _, meta, _ = read_data_script(directory / "results/tiny/atlas/data/meta.js")
+    assert [label["name"] for label in meta["labels"]] == ["subtype", "slide", "cluster"]
+    assert meta["n_total"] == len(tiles) and not meta["has_probability"]
 
 
 @pytest.mark.slow
