@@ -222,6 +222,12 @@ def batch_size_resource(wildcards):
     return config["features"]["batch_size"] or 0
 
 
+def reader_resource(wildcards):
+    """tiles.reader as a resource: the readers give the same pixels, so changing it
+    reruns nothing (params would)."""
+    return config["tiles"]["reader"]
+
+
 def write_qc():
     """Write results/{cohort}/qc/slides.csv; called when a run ends, succeeded or failed.
 
