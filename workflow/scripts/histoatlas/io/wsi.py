@@ -310,10 +310,10 @@ class WSI(TileGrid):
         """Read the kept tiles (candidates passing the filters) in batches.
 
         Candidates are cut into chunks of consecutive tiles; a pool of workers, each
-        with its own OpenSlide handle, reads, decodes and filters whole chunks, and the
-        kept tiles come out in candidate order. Every batch holds ``batch_size`` tiles
-        except the last; a slide with no kept tiles yields nothing. When the iterator
-        is exhausted, :attr:`qc` holds the tile counts.
+        with its own reader (:meth:`open_reader`), reads, decodes and filters whole chunks,
+        and the kept tiles come out in candidate order. Every batch holds ``batch_size``
+        tiles except the last; a slide with no kept tiles yields nothing. When the iterator
+        is exhausted, :attr:`qc` holds the tile counts and :attr:`read_stats` the cost.
 
         Parameters
         ----------
