@@ -11,7 +11,8 @@ readers, so a change of load hits both):
    (``common.benchmark_slide``): level 0, off-step 300 -> 224 px, and "10x" (level 1).
 2. ``memory``: the decode-once reader's cache while it reads every grid tile of the
    synthetic slide, row by row: at most a few tile rows, whatever the slide's height.
-3. ``e2e``: ``extract_slide`` on the synthetic slide (2 reading threads, the CPU schedule)
+3. ``e2e``: ``extract_slide`` on the synthetic slide (2 reading threads, or ``--cores``;
+   the CPU schedule)
    with each reader, against the model's forward pass alone on as many tiles held in
    memory, just before and after: MobileNet-V3-L on the whole slide, ResNet-50 on a
    centred ``--resnet-box`` px square of tissue (fewer tiles, same reads).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections import namedtuple
@@ -137,9 +139,9 @@ def memory(path) -> None:
 # -- 3. end to end -----------------------------------------------------------------------
 
 
-def model_alone(features, tiles: np.ndarray, n: int) -> float:
-    """Tiles/s of the forward pass alone on ``n`` tiles cycled from ``tiles`` (the CPU
-    settings of extract_slide: every core for torch, freed memory kept)."""
+def model_alone(features, tiles: np.ndarray, n: int) -> tuple[float, float]:
+    """(tiles/s, CPU ms/tile) of the forward pass alone on ``n`` tiles cycled from
+    ``tiles`` (the CPU settings of extract_slide: every core for torch, freed memory kept)."""
     from histoatlas import runtime
 
     bs = features.batch_size
@@ -153,10 +155,10 @@ def model_alone(features, tiles: np.ndarray, n: int) -> float:
         with Timer() as t:
             for _ in features.iter_features(batches(), prefetch_depth=0):
                 pass
-    return n / t.wall
+    return n / t.wall, 1e3 * t.cpu / n
 
 
-def extract(slide, loaded, reader: str) -> dict:
+def extract(slide, loaded, reader: str, workers: int) -> dict:
     from histoatlas.analysis.extract import RunOptions, extract_slide
     from histoatlas.io.tiling import TileOptions
 
@@ -165,11 +167,11 @@ def extract(slide, loaded, reader: str) -> dict:
         OUT / "bench_read.h5",
         model=loaded,
         tiles=TileOptions(px=224, um=112, reader=reader),
-        run=RunOptions(batch_size=32, num_workers=2, progress_every=1e9),
+        run=RunOptions(batch_size=32, num_workers=workers, progress_every=1e9),
     )
 
 
-def e2e(name: str, slide, rounds: int) -> None:
+def e2e(name: str, slide, rounds: int, workers: int) -> None:
     from histoatlas.analysis.features import Features
     from histoatlas.backends import load_model
     from histoatlas.io.wsi import WSI
@@ -181,31 +183,38 @@ def e2e(name: str, slide, rounds: int) -> None:
         tiles = np.stack([wsi[i, j] for i, j in picks])
     ratios: dict[str, list[float]] = {"openslide": [], "auto": []}
     read_ms: dict[str, list[float]] = {"openslide": [], "auto": []}
-    n = extract(slide, loaded, "auto")["n_kept"]  # warm-up: oneDNN's kernels, page cache
+    model_ms: list[float] = []
+    n = extract(slide, loaded, "auto", workers)["n_kept"]  # warm-up: oneDNN's kernels, page cache
     for r in range(rounds):
         for reader in ("openslide", "auto") if r % 2 == 0 else ("auto", "openslide"):
             before = model_alone(features, tiles, n)
-            qc = extract(slide, loaded, reader)
+            qc = extract(slide, loaded, reader, workers)
             after = model_alone(features, tiles, n)
-            alone = 2 / (1 / before + 1 / after)
+            alone = 2 / (1 / before[0] + 1 / after[0])
+            model_ms.append((before[1] + after[1]) / 2)
             ratio = qc["tiles_per_s"] / alone
             ratios[reader].append(ratio)
             read_ms[reader].append(qc["read_ms_per_tile"])
             say(
                 f"{name}_{reader}_round{r}",
                 f"end to end {qc['tiles_per_s']:.1f} tiles/s ({qc['reader']}, reading "
-                f"{qc['read_ms_per_tile']:.2f} CPU ms/tile), model alone {alone:.1f} tiles/s: "
-                f"ratio {ratio:.3f} ({n} tiles)",
+                f"{qc['read_ms_per_tile']:.2f} CPU ms/tile), model alone {alone:.1f} tiles/s "
+                f"({model_ms[-1]:.1f} CPU ms/tile): ratio {ratio:.3f} ({n} tiles)",
                 {"e2e": qc["tiles_per_s"], "alone": alone, "ratio": ratio, "tiles": n},
             )
     med = {k: statistics.median(v) for k, v in ratios.items()}
+    cpu = statistics.median(model_ms)
+    # the most a shared CPU gives when reading takes turns with the model
+    bound = {k: cpu / (cpu + statistics.median(v)) for k, v in read_ms.items()}
     say(f"{name}_median", f"median ratio: decode-once {med['auto']:.3f}, OpenSlide "
-        f"{med['openslide']:.3f}", med)  # fmt: skip
+        f"{med['openslide']:.3f}; CPU-time bound {bound['auto']:.3f} vs "
+        f"{bound['openslide']:.3f}", {"ratio": med, "bound": bound})  # fmt: skip
     SUMMARY.append(
         f"{name}: end to end / model alone {med['auto']:.3f} with the decode-once reader, "
-        f"{med['openslide']:.3f} with OpenSlide (median of {rounds}; reading in situ "
+        f"{med['openslide']:.3f} with OpenSlide (median of {rounds}); reading in situ "
         f"{statistics.median(read_ms['auto']):.2f} vs "
-        f"{statistics.median(read_ms['openslide']):.2f} CPU ms/tile)"
+        f"{statistics.median(read_ms['openslide']):.2f} CPU ms/tile against the model's "
+        f"{cpu:.1f}: bound model / (model + read) {bound['auto']:.3f} vs {bound['openslide']:.3f}"
     )
 
 
@@ -213,10 +222,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=10_240, help="synthetic slide side (px)")
     parser.add_argument("--resnet-box", type=int, default=4_000, help="ResNet-50's tissue")
+    parser.add_argument("--mobilenet-box", type=int, default=None, help="(default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--parts", default="read,memory,e2e")
     parser.add_argument("--models", default="mobilenet_v3_large,resnet50")
+    parser.add_argument(
+        "--cores", type=int, default=None, help="run on this many cores (model threads and "
+        "readers); 1 keeps the ratios steady on a machine others load",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.cores:  # before torch starts its thread pool
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
     parts = set(args.parts.split(","))
     header("bench_read")
     FIGURES["machine"] = machine()
@@ -236,8 +252,8 @@ def main() -> None:
         memory(slide)
     if "e2e" in parts:
         for name in args.models.split(","):
-            box = args.resnet_box if name == "resnet50" else None
-            e2e(name, benchmark_slide(args.size, box=box), args.rounds)
+            box = args.resnet_box if name == "resnet50" else args.mobilenet_box
+            e2e(name, benchmark_slide(args.size, box=box), args.rounds, args.cores or 2)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "read.json").write_text(json.dumps(FIGURES, indent=2, default=str))
     print(f"# {time.perf_counter() - t0:.0f} s; figures in {OUT / 'read.json'}; summary:")

@@ -109,11 +109,10 @@ class _ChunkReader:
     ``submit(coords)`` starts a chunk and returns a ticket; ``result(ticket)`` waits for
     it and returns ``(kept tiles, keep mask, (CPU seconds, fallbacks))``, tickets in
     submission order. Threads each hold a reader of :meth:`WSI.open_reader` and share its
-    decoded-tile cache. Processes (forked:
-    fast to start, nothing re-imported) each open their own handle and write the kept
-    tiles into one of ``slots`` chunk-sized slots of memory shared with this process,
-    so only the keep mask travels through a pipe; the tiles returned are a view of the
-    slot, valid until the next ``submit`` or ``result``.
+    decoded-tile cache. Processes (forked: fast to start, nothing re-imported) each open
+    their own reader and write the kept tiles into one of ``slots`` chunk-sized slots of
+    memory shared with this process, so only the keep mask travels through a pipe; the
+    tiles returned are a view of the slot, valid until the next ``submit`` or ``result``.
     """
 
     def __init__(self, wsi, num_workers: int, processes: bool, chunk: int, slots: int):

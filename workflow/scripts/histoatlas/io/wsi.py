@@ -235,7 +235,7 @@ class WSI(TileGrid):
             f"dimensions={self.dimensions}, tile_px={self.tile_px}, "
             f"tile_um={self.tile_um:g}, patch_size_level0={self.patch_size_level0}, "
             f"stride_level0={self.stride_level0}, grid_shape={self.grid_shape}, "
-            f"read_level={self.read_level})"
+            f"read_level={self.read_level}, reader={self.reader_choice.kind!r})"
         )
 
     # -- reading ---------------------------------------------------------------
