@@ -462,3 +462,21 @@ def test_wsi_pickles_and_reopens_the_fast_reader(testdata):
 def test_bad_reader_option_is_refused(testdata):
     with pytest.raises(ConfigError, match="reader='pillow' must be one of 'auto', 'openslide'"):
         WSI(testdata / "small.svs", tile_px=16, tile_um=8, reader="pillow")
+
+
+def test_without_the_decoders_auto_reads_with_openslide(testdata, monkeypatch):
+    """A conda env without tifffile or imagecodecs still extracts, through OpenSlide."""
+    from histoatlas.io.readers import choice
+
+    real = choice.importlib.util.find_spec
+    monkeypatch.setattr(
+        choice.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "imagecodecs" else real(name, *a),
+    )
+    with WSI(testdata / "CMU-1-Small-Region.svs", tile_px=224, tile_um=112) as wsi:
+        assert wsi.reader_choice.kind == "openslide"
+        assert wsi.reader_choice.reason == "imagecodecs not installed"
+        assert wsi.reader_choice.level_kinds() == []
+    with pytest.raises(ConfigError, match="cannot read level 0 .*imagecodecs not installed"):
+        WSI(testdata / "CMU-1-Small-Region.svs", tile_px=224, tile_um=112, reader="fast")

@@ -10,6 +10,7 @@ option changes no feature (and no featureset name).
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from histoatlas.io.readers.tiled_jpeg import TiledJpegRegions
 from histoatlas.io.regions import OpenSlideRegions, RegionReader
 
 READER_OPTIONS = ("auto", "openslide", "fast")
+# What the decode-once reader needs beyond OpenSlide (in pyproject and every conda env).
+DECODER_MODULES = ("tifffile", "imagecodecs")
 OPENSLIDE = OpenSlideRegions.kind
 TILED_JPEG = TiledJpegRegions.kind
 
@@ -103,8 +106,9 @@ def choose_reader(
     """
     if option == "openslide":
         return ReaderChoice(option, OPENSLIDE, level, "tiles.reader is 'openslide'")
-    levels = LevelMap.of(path, opened.handle)
-    lvl = levels.get(level)
+    missing = [m for m in DECODER_MODULES if importlib.util.find_spec(m) is None]
+    levels = None if missing else LevelMap.of(path, opened.handle)
+    lvl = None if levels is None else levels.get(level)
     if lvl is not None:
         geom = lvl.geom
         reason = (
@@ -112,7 +116,7 @@ def choose_reader(
             "px, each decoded once with libjpeg-turbo (OpenSlide's pixels)"
         )
         return ReaderChoice(option, TILED_JPEG, level, reason, levels)
-    why = levels.reason(level)
+    why = f"{' and '.join(missing)} not installed" if levels is None else levels.reason(level)
     if option == "fast":
         raise ConfigError(
             f"slide {name!r}: tiles.reader='fast' cannot read level {level} of {path} ({why}); "
