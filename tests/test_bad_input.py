@@ -434,7 +434,9 @@ def test_no_read_holds_a_whole_pyramid_level(synthetic_slide, monkeypatch):
         return original(self, location, level, size, what)
 
     monkeypatch.setattr(regions.OpenSlideRegions, "read_region", spy)
-    with WSI(slide.path, tile_px=64, tile_um=64) as wsi:
+    # OpenSlide's reads are spied on here; the decode-once reader's bounded cache is
+    # checked in test_tiled_jpeg.py
+    with WSI(slide.path, tile_px=64, tile_um=64, reader="openslide") as wsi:
         n_tiles = sum(len(b.tiles) for b in wsi.iter_batches(16, num_workers=2))
     thumb = [size for _, size, what in reads if "thumbnail" in what]
     tiles = [size for _, size, what in reads if "thumbnail" not in what]

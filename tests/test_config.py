@@ -76,6 +76,7 @@ def test_numeric_tile_um_given_as_string_becomes_number():
         ({"features": {"pooling": "mean"}}, "pooling"),
         ({"tiles": {"um": "20y"}}, "um"),
         ({"mosaic": {"tile_select": "random"}}, "tile_select"),
+        ({"tiles": {"reader": "pillow"}}, "reader"),
         ({"cohort": "../x"}, "cohort"),
         ({"umap": {"n_neighbours": 15}}, "n_neighbours"),
     ],
@@ -118,4 +119,7 @@ def test_featureset_name_derives_from_model_and_tiling():
     # settings that change no activation keep the name; a given name is taken as it is
     same = validated({**uni, "tiles": {"px": 224, "um": "20x", "allow_model_mismatch": True}})
     assert featureset_name(same, SCHEMA) == base
+    for reader in ("openslide", "fast"):  # who decodes: the same pixels
+        same = validated({**uni, "tiles": {"um": "20x", "reader": reader}})
+        assert featureset_name(same, SCHEMA) == base
     assert featureset_name(validated({"features": {"name": "uni-v1"}}), SCHEMA) == "uni-v1"

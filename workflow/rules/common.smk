@@ -293,6 +293,12 @@ def atlas_saliency(wildcards):
     return {"saliency": paths.SALIENCY_MANIFEST.format(cohort=wildcards.cohort)}
 
 
+def reader_resource(wildcards):
+    """tiles.reader as a resource: the readers give the same pixels, so changing it
+    reruns nothing (params would)."""
+    return config["tiles"]["reader"]
+
+
 def write_qc():
     """Write results/{cohort}/qc/slides.csv; called when a run ends, succeeded or failed.
 

@@ -16,6 +16,8 @@ rule extract_activations:
         gpu=1,
         # tiles per forward pass (0: per device); changes no result, so it is no param
         batch_size=batch_size_resource,
+        # who decodes the tiles (tiles.reader); same pixels either way, so no param either
+        reader=reader_resource,
     params:
         model=lookup(dpath="model", within=config),
         trust_model_code=lookup(dpath="trust_model_code", within=config),

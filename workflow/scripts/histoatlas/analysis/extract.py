@@ -29,7 +29,7 @@ from histoatlas.analysis.features import Features
 from histoatlas.backends import LoadedModel, load_model
 from histoatlas.backends.base import POSTCONV
 from histoatlas.backends.loading import check_model_path, check_tile_px
-from histoatlas.io.slide_h5 import QC_ATTRS, write_slide_h5
+from histoatlas.io.slide_h5 import QC_ATTRS, READER_ATTRS, write_slide_h5
 from histoatlas.io.tiling import TileOptions
 from histoatlas.io.wsi import WSI
 from histoatlas.progress import Progress
@@ -150,9 +150,9 @@ def extract_slide(
     Returns
     -------
     dict
-        ``n_grid``, ``n_candidates``, ``n_kept``, ``n_filtered``; ``seconds`` (reading
-        and inference), ``tiles_per_s`` (kept tiles per second of that) and
-        ``seconds_total`` (including model loading and tissue detection).
+        ``n_grid``, ``n_candidates``, ``n_kept``, ``n_filtered``; ``reader`` and
+        ``read_ms_per_tile`` (see ``READER_ATTRS``); ``seconds`` (reading and inference),
+        ``tiles_per_s`` (kept tiles per second of that) and ``seconds_total``.
 
     Raises
     ------
@@ -180,7 +180,9 @@ def extract_slide(
     ):
         done = _run_batches(wsi, extractor, run)
         qc = _tile_counts(wsi, done.kept)
-        _write(out_path, wsi, extractor, done, qc, slide_path=slide_path)
+        reading = _reading(wsi)
+        _write(out_path, wsi, extractor, done, {**qc, **reading}, slide_path=slide_path)
+    qc.update({k: reading[k] for k in ("reader", "read_ms_per_tile")})
     qc["seconds"] = done.seconds
     qc["tiles_per_s"] = done.kept / done.seconds if done.seconds > 0 else 0.0
     qc["seconds_total"] = time.perf_counter() - t_start
@@ -270,6 +272,25 @@ def _tile_counts(wsi: WSI, kept: int) -> dict:
     }
 
 
+def _reading(wsi: WSI) -> dict:
+    """Who read the tiles and what it cost (``READER_ATTRS``), also said in the log."""
+    choice, stats = wsi.reader_choice, wsi.read_stats or {}
+    ms = 1e3 * stats.get("read_cpu_s", 0.0) / max(1, len(wsi.candidates))
+    log.info(
+        f"{wsi.name}: {choice.describe()}; {ms:.3f} ms of one core per tile (read, resize, "
+        f"filters); {stats.get('n_fallback', 0)} regions left to OpenSlide"
+    )
+    return {
+        "reader": choice.kind,
+        "reader_reason": choice.reason,
+        "reader_option": choice.option,
+        "read_level": int(choice.level),
+        "reader_levels": choice.level_kinds(),
+        "read_ms_per_tile": ms,
+        "reader_fallbacks": int(stats.get("n_fallback", 0)),
+    }
+
+
 def _write(out_path, wsi: WSI, extractor: Features, done: _Extracted, qc: dict, *, slide_path):
     """Step 3: the per-slide file, rows in grid order, with every attribute."""
     loaded = extractor.model
@@ -301,6 +322,7 @@ def _write(out_path, wsi: WSI, extractor: Features, done: _Extracted, qc: dict, 
         "interpolation": loaded.params.interpolation,
         "view_fraction": float(loaded.params.view_fraction),
         **{k: int(qc[k]) for k in QC_ATTRS},  # tile counts, for the cohort's qc table
+        **{k: qc[k] for k in READER_ATTRS},
     }
     write_slide_h5(
         out_path,

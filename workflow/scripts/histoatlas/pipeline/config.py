@@ -160,9 +160,10 @@ def _subschema(schema: dict, path: list) -> dict:
 GENERIC_MODEL_NAMES = frozenset(
     {"model", "models", "weights", "checkpoint", "checkpoints", "pytorch_model", "saved_model"}
 )
-# Settings of `tiles` and `features` that are not part of the featureset's results.
+# Settings of `tiles` and `features` that are not part of the featureset's results (the
+# reader gives OpenSlide's pixels whichever it is).
 _NOT_IN_FEATURESET = {
-    "tiles": ("px", "um", "allow_model_mismatch"),
+    "tiles": ("px", "um", "allow_model_mismatch", "reader"),
     "features": ("name", "batch_size"),
 }
 
