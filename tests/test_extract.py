@@ -123,7 +123,6 @@ def test_extract_slide_end_to_end(slide, model_dir, tmp_path, caplog):
         "reader_option": "auto",
         "read_level": 1,
         "reader_levels": ["tiled-jpeg", "tiled-jpeg"],
-        "read_ms_per_tile": qc["read_ms_per_tile"],
         "reader_fallbacks": 0,
     }
     assert qc["reader"] == "tiled-jpeg" and 0 < qc["read_ms_per_tile"] < 1000

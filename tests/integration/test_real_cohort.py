@@ -180,7 +180,7 @@ def test_reader_is_recorded_and_gives_openslide_s_features(real_run, tmp_path):
             attrs = dict(f.attrs)
             stored = f["features"][()]
         assert attrs["reader"] == kind and attrs["reader_option"] == "auto", slide
-        assert attrs["reader_fallbacks"] == 0 and attrs["read_ms_per_tile"] > 0
+        assert attrs["reader_fallbacks"] == 0 and "read_ms_per_tile" not in attrs
         log = (real_run / "logs/extract_activations/real" / f"{slide}.log").read_text()
         assert f"{slide}: reader {kind} at level {attrs['read_level']}" in log
         assert "ms of one core per tile" in log

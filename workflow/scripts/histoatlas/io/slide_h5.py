@@ -47,15 +47,15 @@ FILE_ATTRS = (
 QC_ATTRS = ("n_grid", "n_candidates", "n_kept", "n_filtered")
 # Optional file attributes: who decoded the tiles (histoatlas.io.readers.choice): the reader
 # of the level read ("tiled-jpeg" or "openslide"), why, the option asked for, the level, the
-# reader "auto" takes at each level, CPU ms per candidate tile (reading, resizing, filters)
-# and the regions the decode-once reader left to OpenSlide. They change no feature.
+# reader "auto" takes at each level and the regions the decode-once reader left to
+# OpenSlide. They change no feature. What reading cost (ms per tile) is said in the log and
+# the job's report, not here: a timing would make the same slide give other bytes.
 READER_ATTRS = (
     "reader",
     "reader_reason",
     "reader_option",
     "read_level",
     "reader_levels",
-    "read_ms_per_tile",
     "reader_fallbacks",
 )
 COORDS_ATTRS = (
