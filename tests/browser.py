@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -120,8 +121,27 @@ class AtlasPage:
     def open(self, timeout_ms: int = 30_000) -> AtlasPage:
         """Load the page and wait until it has drawn, loaded its data and mosaic tiles."""
         self.page.goto(self.url)
-        self.page.wait_for_function(READY, timeout=timeout_ms)
+        self.wait_until(READY, timeout_ms=timeout_ms)
         return self
+
+    def wait_until(self, expression: str, arg=None, timeout_ms: int = 30_000) -> None:
+        """Poll ``expression`` (a JS expression, or a function of ``arg``) until it is truthy.
+
+        Playwright's ``wait_for_function`` evaluates its predicate with ``eval`` inside the
+        page, which the atlas's Content-Security-Policy (no 'unsafe-eval') refuses; a
+        ``page.evaluate`` goes through the DevTools protocol, which the policy does not
+        govern, so the page is tested under the policy it ships with.
+        """
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            value = self.page.evaluate(expression, arg)
+            if value:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{expression!r} still {value!r} after {timeout_ms} ms on {self.url}"
+                )
+            self.page.wait_for_timeout(50)
 
     def eval(self, expression: str, arg=None):
         return self.page.evaluate(expression, arg)

@@ -84,7 +84,7 @@ def atlas(browser, atlas_run):
 
 def settle_mosaic(atlas: AtlasPage) -> None:
     """Wait until the mosaic viewer has stopped moving (its opening or zoom animation)."""
-    atlas.page.wait_for_function(
+    atlas.wait_until(
         """() => {
             const v = HistoAtlas.mosaic.viewer.viewport;
             return v.getZoom(true) === v.getZoom(false)
@@ -156,7 +156,7 @@ def test_hovering_a_point_shows_its_slide_and_coords(atlas, atlas_run):
     x, y = atlas.eval("(id) => HistoAtlas.scatter.clientOf(id)", point)
     atlas.page.mouse.move(x + 30, y + 30)
     atlas.page.mouse.move(x, y, steps=5)
-    atlas.page.wait_for_function("(id) => HistoAtlas.state.shown === id", arg=point)
+    atlas.wait_until("(id) => HistoAtlas.state.shown === id", arg=point)
     shown = info(atlas)
     assert shown["slide"] == row.slide
     assert shown["tile"] == str(row.tile)
@@ -186,7 +186,7 @@ def test_box_selection_lists_exactly_the_tiles_inside(atlas, atlas_run):
         if 3 <= len(inside) <= min(400, 0.8 * len(coords)):
             break
     drag_box(atlas, row.ux - half, row.ux + half, row.uy - half, row.uy + half)
-    atlas.page.wait_for_function("HistoAtlas.state.selectionListed !== undefined")
+    atlas.wait_until("HistoAtlas.state.selectionListed !== undefined")
     box = atlas.eval("HistoAtlas.state.selection.box")
     x, y = coords.qx / 65535, coords.qy / 65535  # exactly as the page computes them
     expected = coords[(x >= box["x0"]) & (x <= box["x1"]) & (y >= box["y0"]) & (y <= box["y1"])]
@@ -229,7 +229,7 @@ def test_zooming_the_mosaic_loads_deeper_tiles(atlas):
     for _ in range(12):
         atlas.page.mouse.wheel(0, -300)
         atlas.page.wait_for_timeout(100)
-    atlas.page.wait_for_function("(top) => HistoAtlas.state.mosaicMaxLevel === top", arg=top)
+    atlas.wait_until("(top) => HistoAtlas.state.mosaicMaxLevel === top", arg=top)
     deeper = [u for u in atlas.requests if f"/mosaic_files/{top}/" in u]
     assert deeper and all(u.endswith(".jpeg") for u in deeper)
 
@@ -244,7 +244,7 @@ def test_hovering_a_mosaic_tile_shows_that_tile(atlas, atlas_run):
         )
         atlas.page.mouse.move(x, y, steps=3)
         point = point_id(atlas, row.slide, row.x, row.y)
-        atlas.page.wait_for_function("(id) => HistoAtlas.state.shown === id", arg=point)
+        atlas.wait_until("(id) => HistoAtlas.state.shown === id", arg=point)
         assert info(atlas)["level-0 x, y"] == f"{row.x}, {row.y}"
         # its full-resolution image, from the pyramid's top level
         src = atlas.eval("document.querySelector('#info-body img.tile-image').src")
@@ -267,7 +267,7 @@ def legend(atlas: AtlasPage) -> tuple[str, list[str], list[int]]:
 
 def colour_by(atlas: AtlasPage, name: str) -> None:
     atlas.page.select_option("#colour-by", label=name)
-    atlas.page.wait_for_function("(name) => HistoAtlas.state.label === name", arg=name)
+    atlas.wait_until("(name) => HistoAtlas.state.label === name", arg=name)
 
 
 def test_colouring_by_a_label_changes_the_legend(atlas, atlas_run):
@@ -296,7 +296,7 @@ def test_saliency_maps_open_from_their_tiles(atlas, atlas_run):
     assert len(maps) == len(listed)
     point = maps[0]["point"]
     atlas.eval("(id) => HistoAtlas.atlas.pin(id, 'scatter')", point)
-    atlas.page.wait_for_function(
+    atlas.wait_until(
         "() => Array.from(document.querySelectorAll('#info-body .saliency img'))"
         ".every((img) => img.complete && img.naturalWidth > 0)"
     )
@@ -316,14 +316,14 @@ def test_screenshot(atlas, tmp_path):
     counts, xe, ye = np.histogram2d(ux, uy, bins=10, range=[[0, 1], [0, 1]])
     i, j = np.unravel_index(np.argmax(counts), counts.shape)
     drag_box(atlas, xe[i] - 0.08, xe[i + 1] + 0.08, ye[j] - 0.08, ye[j + 1] + 0.08)
-    atlas.page.wait_for_function("HistoAtlas.state.selectionListed > 0")
+    atlas.wait_until("HistoAtlas.state.selectionListed > 0")
     settle_mosaic(atlas)
     cell = atlas.eval("Array.from(HistoAtlas.mosaic.highlighted).findIndex((v) => v)")
     x, y = atlas.eval("(c) => HistoAtlas.mosaic.clientOfCell(c)", cell)
     atlas.page.mouse.move(x, y, steps=3)
-    atlas.page.wait_for_function("HistoAtlas.state.shown >= 0")
-    atlas.page.wait_for_function(
-        "Array.from(document.images).every((img) => img.complete)", timeout=10_000
+    atlas.wait_until("HistoAtlas.state.shown >= 0")
+    atlas.wait_until(
+        "Array.from(document.images).every((img) => img.complete)", timeout_ms=10_000
     )
     atlas.page.wait_for_timeout(500)
     shot = tmp_path / "atlas.png"
@@ -378,7 +378,7 @@ def test_labels_are_shown_as_text_never_run(browser, hostile_atlas):
         atlas.eval("(id) => HistoAtlas.atlas.pin(id, 'scatter')", point)
         assert info(atlas)["subtype"] == XSS
         drag_box(atlas, 0, 1, 0, 1)
-        atlas.page.wait_for_function("HistoAtlas.state.selectionListed > 0")
+        atlas.wait_until("HistoAtlas.state.selectionListed > 0")
         with atlas.page.expect_download() as download:
             atlas.page.click("#download-csv")
         csv = pd.read_csv(download.value.path())
