@@ -322,9 +322,7 @@ def test_screenshot(atlas, tmp_path):
     x, y = atlas.eval("(c) => HistoAtlas.mosaic.clientOfCell(c)", cell)
     atlas.page.mouse.move(x, y, steps=3)
     atlas.wait_until("HistoAtlas.state.shown >= 0")
-    atlas.wait_until(
-        "Array.from(document.images).every((img) => img.complete)", timeout_ms=10_000
-    )
+    atlas.wait_until("Array.from(document.images).every((img) => img.complete)", timeout_ms=10_000)
     atlas.page.wait_for_timeout(500)
     shot = tmp_path / "atlas.png"
     atlas.page.screenshot(path=str(shot))
