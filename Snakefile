@@ -19,6 +19,7 @@ include: "workflow/rules/umap.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/mosaic.smk"
 include: "workflow/rules/saliency.smk"
+include: "workflow/rules/atlas.smk"
 
 
 rule all:

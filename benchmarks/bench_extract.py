@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from collections import namedtuple
@@ -70,7 +69,7 @@ def forward_only(
 
     On the CPU, under the same malloc setting as ``extract_slide`` (``keep_memory``).
     """
-    from histoatlas.analysis.extract import keep_freed_memory
+    from histoatlas.runtime import keep_freed_memory
 
     bs = features.batch_size
 
@@ -88,20 +87,20 @@ def forward_only(
     return n / t.wall, 1e3 * t.cpu / n
 
 
-def end_to_end(slide, loaded, args, **kwargs) -> dict:
-    from histoatlas.analysis.extract import extract_slide
+def end_to_end(slide, loaded, args, *, precision: str = "float32", **run) -> dict:
+    """``extract_slide``'s report on the benchmark slide; ``run``: RunOptions fields."""
+    from histoatlas.analysis.extract import FeatureOptions, RunOptions, extract_slide
+    from histoatlas.io.tiling import TileOptions
 
     c0 = children_cpu()
-    with Timer() as t, open(os.devnull, "w") as devnull:
+    with Timer() as t:
         qc = extract_slide(
             slide,
             OUT / "bench_extract.h5",
             model=loaded,
-            tile_px=224,
-            tile_um=args.tile_um,
-            batch_size=args.batch_size,
-            log=devnull,
-            **kwargs,
+            tiles=TileOptions(px=224, um=args.tile_um, reader=args.reader),
+            features=FeatureOptions(precision=precision),
+            run=RunOptions(batch_size=args.batch_size, **run),
         )
     # CPU of the whole job per kept tile (reader processes included once reaped)
     qc["cpu_ms_per_tile"] = 1e3 * (t.cpu + children_cpu() - c0) / qc["n_kept"]
@@ -355,6 +354,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--workers", default="2", help="reader workers, comma-separated")
     parser.add_argument("--readers", default="threads", help="threads and/or processes")
+    parser.add_argument("--reader", default="auto", help="tiles.reader: auto, openslide, fast")
     parser.add_argument("--policies", default="serial,overlap", help="CPU: serial, overlap")
     parser.add_argument("--precisions", default="float32")
     parser.add_argument("--rounds", type=int, default=2)

@@ -216,7 +216,7 @@ def model_dir(name: str, *, num_classes: int = 2) -> Path:
     """A model directory (params.json + state dict) of a torchvision architecture."""
     import torch
 
-    from histoatlas.backends.torch.model import build_architecture
+    from histoatlas.backends.torch.architectures import build_architecture
 
     path = OUT / "models" / name
     if (path / "params.json").exists():

@@ -334,8 +334,10 @@ def test_extracted_file_carries_the_tile_counts(synthetic_slide, tmp_path):
 
 def test_config_errors_name_the_key_in_one_line():
     cases = {
-        "config key `tiles.px`: 'many' is not of type 'integer' (`tiles.px`: Tile edge in "
-        "pixels, as the network sees it; default 224)": {"tiles": {"px": "many"}},
+        "config key `tiles.px`: 'many' is not of type 'integer', 'null' (`tiles.px`: Tile "
+        "edge in pixels, as read from the slide; null takes the model's tile_px": {
+            "tiles": {"px": "many"}
+        },
         "config key `umap.n_neighbors`: 1 is less than the minimum of 2": {
             "umap": {"n_neighbors": "1"}
         },
@@ -434,7 +436,9 @@ def test_no_read_holds_a_whole_pyramid_level(synthetic_slide, monkeypatch):
         return original(self, location, level, size, what)
 
     monkeypatch.setattr(regions.OpenSlideRegions, "read_region", spy)
-    with WSI(slide.path, tile_px=64, tile_um=64) as wsi:
+    # OpenSlide's reads are spied on here; the decode-once reader's bounded cache is
+    # checked in test_tiled_jpeg.py
+    with WSI(slide.path, tile_px=64, tile_um=64, reader="openslide") as wsi:
         n_tiles = sum(len(b.tiles) for b in wsi.iter_batches(16, num_workers=2))
     thumb = [size for _, size, what in reads if "thumbnail" in what]
     tiles = [size for _, size, what in reads if "thumbnail" not in what]

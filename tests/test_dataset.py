@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -118,6 +120,23 @@ def test_virtual_features_equal_concatenated_slide_rows(cohort):
     np.testing.assert_allclose(means[0], rows[0].mean(0), rtol=1e-6)
     np.testing.assert_allclose(means[1], rows[1].mean(0), rtol=1e-6)
     assert np.isnan(means[2]).all()  # a slide without tissue has no mean
+
+
+def test_merging_again_writes_the_same_bytes(cohort):
+    """No timestamps in the dataset files: the same slides give the same features.h5."""
+    paths, out, *_ = cohort
+    first = (out / "features.h5").read_bytes()
+    sheet = pd.DataFrame({"slide": ["s2", "s1", "empty"], "path": ["a", "b", "c"]})
+    again = out.parent / "again"
+    time.sleep(1.1)  # HDF5's object timestamps count seconds: the next one differs
+    merge_dataset(
+        paths,
+        sheet,
+        tiles_path=again / "tiles.parquet",
+        slides_path=again / "slides.parquet",
+        features_path=again / "features.h5",
+    )
+    assert (again / "features.h5").read_bytes() == first
 
 
 def test_virtual_dataset_survives_moving_the_results_folder(cohort, tmp_path):

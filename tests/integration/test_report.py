@@ -155,21 +155,29 @@ def render(template: str, config: dict, **wildcards) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", html))
 
 
-def full_config(**changes) -> dict:
-    """The shipped config.yaml with the schema's defaults filled in, then changed."""
+def full_config(*, model_predicts: bool = True, **changes) -> dict:
+    """The shipped config.yaml with the schema's defaults filled in, then changed; the
+    tiling resolved (the demo model's) and the run's info added, as common.smk does."""
     from snakemake.utils import validate
+
+    from histoatlas.pipeline.config import model_tiling, run_info
 
     with open(ROOT / "config.yaml") as fh:
         config = yaml.safe_load(fh)
     for key, value in changes.items():
         config[key] = {**config[key], **value} if isinstance(value, dict) else value
     validate(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    config["tiles"] = model_tiling(config["tiles"], 224, 112, model="demo", source="demo")
+    config["run_info"] = run_info(config, model_predicts=model_predicts)
     return config
 
 
 def test_captions_render_for_every_kind_of_config():
     shipped = render("workflow.rst", full_config())
     assert "covering 112 µm" in shipped and "(whitespace)" not in shipped
+    assert "up to 1000000 tiles drawn, coloured by the labels of the UMAP plots" in shipped
+    atlas = render("workflow.rst", full_config(atlas={"labels": ["slide"], "tile_px": 96}))
+    assert "coloured by slide, linked to the mosaic map at 96 px per tile" in atlas
     assert "vanilla, integrated_gradients, guided_integrated_gradients" in shipped
     assert "the 2 most confidently predicted tile(s) of each class" in shipped
 
@@ -193,6 +201,10 @@ def test_captions_render_for_every_kind_of_config():
     text = render("workflow.rst", projected)
     assert "projected onto the existing map old/umap.joblib." in text
     assert "Saliency" not in text and "predictions" not in text
+    encoder = full_config(model_predicts=False, saliency={"tiles": points})
+    text = render("workflow.rst", encoder)
+    assert "predictions" not in text and "2 tile(s) chosen in the config" in text
+    assert "explain one embedding dimension (the model is an encoder) of 2 tile(s)" in text
     assert "coloured by subtype" in render("umap.rst", projected, cohort="c", label="subtype")
     columns = projected["mosaic"]["num_tiles_x"]
     assert f"cut into {columns} columns" in render("mosaic.rst", projected, cohort="c")

@@ -30,6 +30,7 @@ UMAP_AND_DOWNSTREAM = {
     "gather_umap": 1,
     "plot_umap": len(LABELS),
     "render_mosaic": 1,
+    "build_atlas": 1,
     "all": 1,
 }
 METHODS = [
@@ -164,6 +165,22 @@ def test_all_six_saliency_methods_through_the_rule(tiny_run):
         assert im.size[1] > 100
 
 
+def test_atlas_is_built_from_the_run(tiny_run):
+    from histoatlas.atlas.encode import read_data_script
+
+    directory = tiny_run.dir
+    atlas = directory / "results/tiny/atlas"
+    coords = pd.read_parquet(directory / "results/tiny/umap/coords.parquet")
+    _, meta, _ = read_data_script(atlas / "data/meta.js")
+    assert (atlas / "index.html").is_file()
+    assert meta["n_total"] == meta["n_drawn"] == len(coords)
+    assert [label["name"] for label in meta["labels"]] == LABELS
+    assert meta["mosaic"]["tile_px"] == 128 and meta["mosaic"]["cols"] == 12  # atlas.tile_px
+    assert len(meta["saliency"]) == len(pd.read_csv(directory / "results/tiny/saliency/maps.csv"))
+    log = (directory / "logs/build_atlas/tiny.log").read_text()
+    assert f"atlas of {len(coords)} of {len(coords)} tiles" in log
+
+
 def test_rerun_has_nothing_to_do(tiny_run):
     counts, out = dry_run(tiny_run.dir)
     assert "Nothing to be done" in out
@@ -177,12 +194,17 @@ def test_umap_setting_reruns_umap_and_downstream_only(tiny_run):
 
 def test_mosaic_setting_reruns_only_the_mosaic(tiny_run):
     counts, _ = dry_run(tiny_run.dir, "--config", "mosaic={num_tiles_x: 8}")
-    assert counts == {"render_mosaic": 1, "all": 1}
+    assert counts == {"render_mosaic": 1, "build_atlas": 1, "all": 1}
 
 
 def test_plot_setting_reruns_only_the_plot(tiny_run):
     counts, _ = dry_run(tiny_run.dir, "--config", "plots={n_clusters: 4}")
-    assert counts == {"plot_umap": 1, "all": 1}
+    assert counts == {"plot_umap": 1, "build_atlas": 1, "all": 1}  # the atlas has `cluster`
+
+
+def test_atlas_setting_reruns_only_the_atlas(tiny_run):
+    counts, _ = dry_run(tiny_run.dir, "--config", "atlas={max_thumbnails: 10}")
+    assert counts == {"build_atlas": 1, "all": 1}
 
 
 def test_new_featureset_extracts_every_slide_again(tiny_run):

@@ -7,11 +7,17 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from histoatlas.backends.loading import check_model_path, model_backend  # noqa: E402
+from histoatlas.backends.loading import check_model_path, model_backend, read_params  # noqa: E402
 from histoatlas.errors import HistoatlasError, ModelError  # noqa: E402
 from histoatlas.io.sheet import check_cohort_sheet, read_sheet  # noqa: E402
 from histoatlas.pipeline import paths  # noqa: E402
-from histoatlas.pipeline.config import check_config, coerce_config, featureset_name  # noqa: E402
+from histoatlas.pipeline.config import (  # noqa: E402
+    check_config,
+    coerce_config,
+    featureset_name,
+    model_tiling,
+    run_info,
+)
 from histoatlas.pipeline.qc import summary_line, write_qc_summary  # noqa: E402
 from histoatlas.runtime import collect_garbage_less  # noqa: E402
 
@@ -63,6 +69,32 @@ def _load_sheet():
     return sheet
 
 
+def _model_params():
+    """The model's params.json (a preset's keys filled in) and its path; (None, None) for
+    the demo model before it is built."""
+    if USES_DEMO_MODEL and not _demo_model_built():
+        return None, None
+    return read_params(Path(config["model"]))
+
+
+def _resolve_tiling():
+    """tiles.px and tiles.um: the config's, else the model's (its params.json or preset)."""
+    params, params_path = _model_params()
+    if params is None:
+        px, um, source = config["demo"]["tile_px"], config["demo"]["tile_um"], "demo.tile_px"
+    else:
+        px, um, source = params.tile_px, params.tile_um, params_path
+    tiles = model_tiling(config["tiles"], px, um, model=config["model"], source=source)
+    config["tiles"].update(tiles)
+
+
+def _model_predicts():
+    """False for an encoder (params.json output "embedding", as every preset): its final
+    output is the embedding, so there are no predictions to plot or pick tiles by."""
+    params, _ = _model_params()
+    return params is None or params.output != "embedding"
+
+
 def _check_model():
     """The model path and its tile size, before any job loads it (the demo's is built)."""
     tiles = config["tiles"]
@@ -99,6 +131,7 @@ def _checked_inputs():
     except HistoatlasError as e:
         problems.append(f"{type(e).__name__}: {e}")
     try:
+        _resolve_tiling()
         _check_model()
     except HistoatlasError as e:
         problems.append(f"{type(e).__name__}: {e}")
@@ -116,6 +149,9 @@ _SHEET, LABELS = _checked_inputs()
 SHEET = _SHEET.set_index("slide", drop=False)
 COHORT = config["cohort"]
 FEATURESET = featureset_name(config, _CONFIG_SCHEMA)
+# predictions: asked for, and the model has them (an encoder's output is its embedding)
+# what the run computes beyond the config's keys (predictions, saliency), for the report too
+config["run_info"] = run_info(config, model_predicts=_model_predicts())
 config["features"]["name"] = FEATURESET  # the report and the params show the name in use
 # Per-slide values the rules look up once per job: plain dicts (a pandas lookup per job, or a
 # function reading params.json per job, costs seconds in the DAG of 10,000 slides).
@@ -135,6 +171,9 @@ SHARDS = [
 # features.batch_size as a resource (0: the default of the device); resources, unlike
 # params, trigger no rerun, and the batch size changes no result.
 BATCH_SIZE = config["features"]["batch_size"] or 0
+# tiles.reader as a resource too: the readers give the same pixels, so changing it reruns
+# nothing (a param would).
+READER = config["tiles"]["reader"]
 
 
 wildcard_constraints:
@@ -267,7 +306,7 @@ def shard_name(k):
 def plot_labels():
     """Labels to draw UMAP plots by: the config's, then the built-ins."""
     builtin = ["slide", "cluster"]
-    if config["features"]["include_preds"]:
+    if config["run_info"]["predictions"]:
         builtin += ["prediction", "uncertainty"]
     return list(dict.fromkeys(LABELS + builtin))
 
@@ -293,6 +332,41 @@ def saliency_method_params():
     }
 
 
+def atlas_labels():
+    """Labels the atlas colours by: atlas.labels, else those of the UMAP plots."""
+    labels = config["atlas"]["labels"]
+    if not labels:
+        return plot_labels()
+    builtin = {"slide", "cluster"}
+    if config["run_info"]["predictions"]:
+        builtin |= {"prediction", "uncertainty"}
+    unknown = [label for label in labels if label not in builtin | set(SHEET.columns)]
+    if unknown and Path(config["slides"]).exists():  # (the demo's sheet may be unbuilt)
+        columns = [c for c in SHEET.columns if c not in ("slide", "path", "mpp")]
+        raise WorkflowError(
+            f"atlas.labels: {unknown} are neither columns of {config['slides']} ({columns}) "
+            f"nor built-ins ({', '.join(sorted(builtin))}); fix atlas.labels in the config"
+        )
+    return list(dict.fromkeys(labels))
+
+
+def atlas_tile_px():
+    """Pixels of a mosaic tile at full zoom in the atlas: atlas.tile_px, else tiles.px."""
+    return config["atlas"]["tile_px"] or config["tiles"]["px"]
+
+
+def atlas_n_clusters():
+    """k of the atlas's cluster label; None without one, so changing k leaves the atlas be."""
+    return config["plots"]["n_clusters"] if "cluster" in atlas_labels() else None
+
+
+def atlas_saliency(wildcards):
+    """The saliency manifest the atlas links from its tiles, when the run makes maps."""
+    if not config["run_info"]["saliency"]:
+        return {}
+    return {"saliency": paths.SALIENCY_MANIFEST.format(cohort=wildcards.cohort)}
+
+
 def write_qc():
     """Write results/{cohort}/qc/slides.csv; called when a run ends, succeeded or failed.
 
@@ -314,7 +388,9 @@ def final_targets():
     targets = list(dataset_files(COHORT).values())
     targets += expand(paths.UMAP_PLOT, cohort=COHORT, label=plot_labels())
     targets += [paths.MOSAIC_PNG.format(cohort=COHORT)]
-    if config["features"]["include_preds"]:
+    targets += [paths.ATLAS.format(cohort=COHORT)]
+    # saliency explains the top tiles of each predicted class, or the tiles config lists
+    if config["run_info"]["saliency"]:
         targets += [paths.SALIENCY_OVERVIEW.format(cohort=COHORT)]
     return targets
 

@@ -15,6 +15,8 @@ rule extract_activations:
         gpu=1,
         # tiles per forward pass (0: per device); changes no result, so it is no param
         batch_size=BATCH_SIZE,
+        # who decodes the tiles (tiles.reader); same pixels either way, so no param either
+        reader=READER,
     params:
         model=MODEL_PARAM,
         model_files=MODEL_STAMP,

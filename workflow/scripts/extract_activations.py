@@ -1,5 +1,7 @@
 """Extract per-tile activations of one slide into an HDF5 file."""
 
+from dataclasses import replace
+
 from histoatlas.analysis.extract import FeatureOptions, RunOptions, extract_slide
 from histoatlas.io.tiling import TileOptions
 from histoatlas.pipeline.jobs import job_logging
@@ -12,7 +14,8 @@ def main(smk) -> None:
             smk.input.slide,
             smk.output.h5,
             model=params.model,
-            tiles=TileOptions.from_mapping(params),
+            # the reader is a resource: it changes no pixel, so no rerun either
+            tiles=replace(TileOptions.from_mapping(params), reader=smk.resources.reader),
             features=FeatureOptions(
                 layers=tuple(params.layers),
                 pooling=None if params.pooling == "none" else params.pooling,

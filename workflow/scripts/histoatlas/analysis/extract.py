@@ -29,7 +29,7 @@ from histoatlas.backends import LoadedModel, load_model
 from histoatlas.backends.base import POSTCONV
 from histoatlas.backends.loading import check_model_path, check_tile_px
 from histoatlas.errors import HistoatlasError
-from histoatlas.io.slide_h5 import QC_ATTRS, SlideH5Writer
+from histoatlas.io.slide_h5 import QC_ATTRS, READER_ATTRS, SlideH5Writer
 from histoatlas.io.tiling import TileOptions
 from histoatlas.io.wsi import WSI
 from histoatlas.progress import Progress
@@ -150,9 +150,9 @@ def extract_slide(
     Returns
     -------
     dict
-        ``n_grid``, ``n_candidates``, ``n_kept``, ``n_filtered``; ``seconds`` (reading
-        and inference), ``tiles_per_s`` (kept tiles per second of that) and
-        ``seconds_total`` (including model loading and tissue detection).
+        ``n_grid``, ``n_candidates``, ``n_kept``, ``n_filtered``; ``reader`` and
+        ``read_ms_per_tile`` (see ``READER_ATTRS``); ``seconds`` (reading and inference),
+        ``tiles_per_s`` (kept tiles per second of that) and ``seconds_total``.
 
     Raises
     ------
@@ -178,7 +178,9 @@ def extract_slide(
     with opened as (wsi, extractor), _writer(out_path, extractor) as writer:
         done = _run_batches(wsi, extractor, run, writer)
         qc = _tile_counts(wsi, done.kept)
-        writer.close(_attrs(wsi, extractor, qc, slide_path=slide_path))
+        reading = _reading(wsi)
+        writer.close(_attrs(wsi, extractor, {**qc, **reading}, slide_path=slide_path))
+    qc.update({k: reading[k] for k in ("reader", "read_ms_per_tile")})
     qc["seconds"] = done.seconds
     qc["tiles_per_s"] = done.kept / done.seconds if done.seconds > 0 else 0.0
     qc["seconds_total"] = time.perf_counter() - t_start
@@ -288,6 +290,25 @@ def _check_order(grid: np.ndarray, grid_shape, done: _Extracted) -> None:
         done.last = int(ranks[-1])
 
 
+def _reading(wsi: WSI) -> dict:
+    """Who read the tiles and what it cost (``READER_ATTRS``), also said in the log."""
+    choice, stats = wsi.reader_choice, wsi.read_stats or {}
+    ms = 1e3 * stats.get("read_cpu_s", 0.0) / max(1, len(wsi.candidates))
+    log.info(
+        f"{wsi.name}: {choice.describe()}; {ms:.3f} ms of one core per tile (read, resize, "
+        f"filters); {stats.get('n_fallback', 0)} regions left to OpenSlide"
+    )
+    return {
+        "reader": choice.kind,
+        "reader_reason": choice.reason,
+        "reader_option": choice.option,
+        "read_level": int(choice.level),
+        "reader_levels": choice.level_kinds(),
+        "read_ms_per_tile": ms,
+        "reader_fallbacks": int(stats.get("n_fallback", 0)),
+    }
+
+
 def _attrs(wsi: WSI, extractor: Features, qc: dict, *, slide_path) -> dict:
     """Step 3: the per-slide file's attributes (its rows are in grid order, row by row)."""
     loaded = extractor.model
@@ -310,5 +331,12 @@ def _attrs(wsi: WSI, extractor: Features, qc: dict, *, slide_path) -> dict:
         "class_names": loaded.class_names,
         "histoatlas_version": histoatlas.__version__,
         "precision": extractor.precision,
+        # how the tiles became the network's input (params.json; a preset's resize/crop)
+        "input_px": int(
+            loaded.params.network_px if loaded.params.transforms_input else wsi.tile_px
+        ),
+        "interpolation": loaded.params.interpolation,
+        "view_fraction": float(loaded.params.view_fraction),
         **{k: int(qc[k]) for k in QC_ATTRS},  # tile counts, for the cohort's qc table
+        **{k: qc[k] for k in READER_ATTRS},
     }

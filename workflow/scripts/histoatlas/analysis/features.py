@@ -11,6 +11,7 @@ the network.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ import numpy as np
 from histoatlas.backends import LoadedModel, as_loaded_model, load_model
 from histoatlas.backends.base import POSTCONV, check_pooling
 from histoatlas.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_BATCH = {"cuda": 128, "mps": 64, "cpu": 32}
 
@@ -32,15 +35,20 @@ class Features:
         Keras.
     layers : str or sequence of str
         Layer names as ``dict(model.named_modules())`` (torch) or the Keras layer names
-        give them, plus ``postconv`` (input of the final classifier) and ``output``
-        (final output). Their pooled activations are concatenated in this order.
+        give them, plus ``postconv`` (input of the final classifier; an encoder's
+        embedding) and ``output`` (final output). Their pooled activations are
+        concatenated in this order. A torch layer may carry a recipe,
+        ``"blocks.11:cls"`` (see :mod:`histoatlas.backends.torch.encoders.recipes`).
     pooling : {"avg", "max", None}
         How 4-D maps (torch ``(B, C, H, W)``, Keras ``(B, H, W, C)``) are reduced over
-        H, W, and 3-D ``(B, T, D)`` token outputs over T. None flattens instead, in the
+        H, W, and 3-D ``(B, T, D)`` token outputs over T (a ViT's over its patch tokens,
+        class and register tokens skipped, as timm does). None flattens instead, in the
         framework's own order (C, H, W for torch; H, W, C for Keras).
     include_preds : bool
         Also return predictions: the final output through the params' ``output``
-        activation (softmax, sigmoid or none).
+        activation (softmax, sigmoid or none). An encoder (``output: "embedding"``, as
+        every preset) has no predictions: its final output is the embedding, so this is
+        False for it and a call returns the features alone.
     device : str, optional
         Device; default CUDA, then MPS (torch only), then CPU. Moves a given LoadedModel.
     batch_size : int, optional
@@ -100,7 +108,12 @@ class Features:
         self.model = model
         self.layers = _layer_list(layers)
         self.pooling = check_pooling(pooling)
-        self.include_preds = bool(include_preds)
+        self.include_preds = bool(include_preds) and model.params.output != "embedding"
+        if include_preds and not self.include_preds:
+            log.info(
+                f"{model.path}: an encoder (output 'embedding'), whose final output is the "
+                "embedding: no predictions"
+            )
         self.batch_size = resolve_batch_size(batch_size, self.model.device)
         self.precision = self.model.check_precision(precision)
         self._function = model.feature_function(

@@ -174,6 +174,8 @@ def _slide_row(row, sf, labels: list[str]) -> dict:
         "tile_px": int(sf.attrs["tile_px"]),
         "tile_um": float(sf.attrs["tile_um"]),
         "patch_size_level0": int(sf.attrs["patch_size_level0"]),
+        # the centre of each tile the model saw (a preset's crop); older files: all of it
+        "view_fraction": float(sf.attrs.get("view_fraction", 1.0)),
         "n_tiles": len(sf.coords),
         **{label: row[label] for label in labels},
     }
@@ -224,20 +226,29 @@ def _write_virtual_features(f, sources: list[tuple[Path, int, int]], out_dir: Pa
 
     Source paths are stored relative to the dataset file, which HDF5 resolves against
     the dataset file's own directory, so the results folder can be moved as a whole.
+    Built with h5py's low-level calls rather than ``create_virtual_dataset`` because
+    that one stamps the dataset with its creation time, and the same inputs must give
+    the same bytes.
     """
-    import h5py
+    from h5py import h5d, h5p, h5s, h5t
 
     width = sources[0][2]
     total = sum(n for _, n, _ in sources)
     if total == 0:
         f.create_dataset("features", shape=(0, width), dtype=np.float32)
         return
-    layout = h5py.VirtualLayout(shape=(total, width), dtype=np.float32)
+    dcpl = h5p.create(h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)
+    dcpl.set_fill_value(np.array([np.nan], dtype=np.float32))
+    space = h5s.create_simple((total, width))
     start = 0
     for path, n, _ in sources:
         if n == 0:
             continue
         rel = os.path.relpath(Path(path).resolve(), out_dir.resolve())
-        layout[start : start + n] = h5py.VirtualSource(rel, "features", shape=(n, width))
+        rows = space.copy()
+        rows.select_hyperslab((start, 0), (n, width))
+        dcpl.set_virtual(rows, rel.encode(), b"features", h5s.create_simple((n, width)))
         start += n
-    f.create_virtual_dataset("features", layout, fillvalue=np.nan)
+    float32 = h5t.py_create(np.dtype(np.float32), logical=1)
+    h5d.create(f.id, b"features", float32, space, dcpl=dcpl).close()

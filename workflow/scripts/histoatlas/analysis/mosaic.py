@@ -4,8 +4,8 @@ The unit square is cut into ``num_tiles_x`` x ``num_tiles_x`` cells; each cell h
 points shows one tile, the one nearest the cell centre (``tile_select="nearest"``) or
 the first in data order (``"first"``). Selection is two vectorised O(N) passes
 (``np.minimum.at``), no loop over cells. The picture is composed on a numpy canvas; tiles
-of slides are read back in parallel threads, each with its own OpenSlide handle, at the
-mosaic's ``tile_px`` straight from the slide's pyramid.
+of slides are read back in parallel (:class:`~histoatlas.analysis.tile_reader.TileReader`)
+at the mosaic's ``tile_px`` straight from the slide's pyramid.
 
 Cell ``(i, j)`` covers ``x`` in ``[i/n, (i+1)/n)`` and ``y`` in ``[j/n, (j+1)/n)`` (the
 last cell of each axis also takes 1.0); ``j = 0`` is the bottom row, so the picture
@@ -15,9 +15,7 @@ is oriented as the UMAP scatter plot.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +23,11 @@ import numpy as np
 import pandas as pd
 
 from histoatlas.analysis.mosaic_grid import select_tiles, unit_square
+from histoatlas.analysis.tile_reader import TileReader, slides_table
 from histoatlas.atomic import atomic_output
 from histoatlas.errors import ConfigError, EmptyDatasetError, HistoatlasError
-from histoatlas.io.wsi import WSI
 
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
-# tiles of one slide read by one task: amortises the handle, keeps threads busy
-READ_CHUNK = 16
 
 
 class Mosaic:
@@ -48,8 +44,10 @@ class Mosaic:
     coords : ndarray, shape (N, 2)
         Layout; taken as is when within [0, 1], else min-max scaled per axis.
     slides : DataFrame, optional
-        Needed for tiles of slides: ``slide``, ``path``, ``mpp``, ``tile_um`` and
-        (checked when present) ``patch_size_level0``.
+        Needed for tiles of slides: ``slide``, ``path``, ``mpp``, ``tile_um``,
+        (checked when present) ``patch_size_level0`` and (optional) ``view_fraction``,
+        the centre of each tile its model saw (see ``ModelParams.view_fraction``): the
+        mosaic shows what the model saw.
     tiles : DataFrame, optional
         ``slide``, ``tile``, ``x``, ``y``: resolves ``(slide, tile_index)`` tuples.
     num_tiles_x : int
@@ -122,7 +120,7 @@ class Mosaic:
         if self._images is not None and len(self._images) != n:
             raise ValueError(f"{len(self._images)} images for {n} coordinates")
         if self._refs is not None:
-            self._slides = _check_slides(slides, self._refs)
+            self._slides = slides_table(slides, self._refs)
         self.grid = select_tiles(self.coords, self.num_tiles_x, tile_select=tile_select)
         self._ids = None if point_ids is None else np.asarray(point_ids, dtype=np.int64)
         self._canvas: np.ndarray | None = None
@@ -259,48 +257,9 @@ class Mosaic:
     def _fetch(self, index: np.ndarray) -> list[np.ndarray]:
         if self._refs is None:
             return [_as_tile(self._images[k], self.tile_px, k) for k in index]
-        refs = self._refs.iloc[index].reset_index(drop=True)
-        out: list[np.ndarray | None] = [None] * len(refs)
-        tasks = []
-        for slide, rows in refs.groupby("slide", sort=False).indices.items():
-            for start in range(0, len(rows), READ_CHUNK):
-                tasks.append((slide, rows[start : start + READ_CHUNK]))
-        local = threading.local()
-        opened: list[Any] = []
-        lock = threading.Lock()
-
-        def read(task: tuple[str, np.ndarray]) -> None:
-            slide, rows = task
-            cache = local.__dict__.setdefault("wsis", {})
-            if slide not in cache:
-                cache[slide] = self._open(slide)
-                with lock:
-                    opened.append(cache[slide])
-            wsi = cache[slide]
-            for r in rows:
-                out[r] = wsi.read_tile(int(refs.at[r, "x"]), int(refs.at[r, "y"]))
-
-        try:
-            with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
-                list(pool.map(read, tasks))
-        finally:
-            for wsi in opened:
-                wsi.close()
-        return out
-
-    def _open(self, slide: str):
-
-        row = self._slides.loc[slide]
-        wsi = WSI(row["path"], self.tile_px, float(row["tile_um"]), mpp=row["mpp"], name=slide)
-        expected = row.get("patch_size_level0")
-        if expected is not None and not pd.isna(expected) and wsi.patch_size_level0 != expected:
-            wsi.close()
-            raise HistoatlasError(
-                f"slide {slide!r}: reopened with tile_um={row['tile_um']} at "
-                f"mpp={wsi.mpp:g} its tiles span {wsi.patch_size_level0} level-0 px, the "
-                f"dataset says {int(expected)}; the slides table does not match the slide"
-            )
-        return wsi
+        refs = self._refs.iloc[index]
+        with TileReader(self._slides, self.tile_px, num_workers=self.num_workers) as reader:
+            return reader.read(refs)
 
 
 def _as_tile(image: np.ndarray, px: int, k: int) -> np.ndarray:
@@ -344,18 +303,3 @@ def _refs_from_tuples(pairs: Sequence[tuple], tiles: pd.DataFrame | None, n: int
         raise HistoatlasError(f"tile {pairs[k]!r} is not in the tiles table")
     located = tiles.iloc[rows][["x", "y"]].reset_index(drop=True)
     return pd.concat([wanted, located], axis=1)
-
-
-def _check_slides(slides: pd.DataFrame | None, refs: pd.DataFrame) -> pd.DataFrame:
-    needed = {"slide", "path", "mpp", "tile_um"}
-    if slides is None or not needed <= set(slides.columns):
-        have = "none" if slides is None else ", ".join(slides.columns)
-        raise HistoatlasError(
-            f"reading tiles from slides needs a slides table with {sorted(needed)} (the "
-            f"dataset's slides.parquet); got: {have}"
-        )
-    table = slides.set_index("slide", drop=False)
-    unknown = sorted(set(refs["slide"]) - set(table.index))
-    if unknown:
-        raise HistoatlasError(f"slide(s) {unknown[:5]} are not in the slides table")
-    return table

@@ -6,8 +6,10 @@ saliency maps, the demo) only ever use this interface, so they never ask which f
 runs the network:
 
 - identity: ``params``, ``path``, ``kind``, ``class_names``, :meth:`~LoadedModel.sha256`;
-- input: :meth:`~LoadedModel.preprocess` (numpy, channels last) and
-  :meth:`~LoadedModel.to_tensor` (a uint8 batch to the device, normalised there);
+- input: :meth:`~LoadedModel.preprocess` (numpy, channels last), :meth:`~LoadedModel.model_view`
+  (the tiles as the network sees them: resized and cropped when params.json says so) and
+  :meth:`~LoadedModel.to_tensor` (a uint8 batch to the device, transformed and normalised
+  there);
 - layers: :meth:`~LoadedModel.layer_names`, and :meth:`~LoadedModel.feature_function`, which
   returns activations of named layers (pooled, concatenated) and the final output in one
   forward pass, on the device; :meth:`~LoadedModel.activate`, :meth:`~LoadedModel.to_host`;
@@ -34,7 +36,7 @@ import numpy as np
 
 from histoatlas.backends.gradients import GradientFunction
 from histoatlas.backends.params import ModelParams
-from histoatlas.errors import ConfigError
+from histoatlas.errors import ConfigError, ModelError
 from histoatlas.prefetch import prefetch
 
 # Two layer names every backend understands: the input of the final classifier, and the
@@ -144,7 +146,7 @@ class LoadedModel(ABC):
         return True
 
     def preprocess(self, images) -> np.ndarray:
-        """Normalise uint8 RGB tiles the way the network was trained.
+        """Tiles as the network's input: its view of them (:meth:`model_view`), normalised.
 
         Parameters
         ----------
@@ -152,11 +154,31 @@ class LoadedModel(ABC):
 
         Returns
         -------
-        ndarray, shape (..., H, W, 3), dtype float32
-            ``(images / 255 - mean) / std`` with the ``params.json`` statistics,
-            channels last whatever the framework.
+        ndarray, shape (..., h, w, 3), dtype float32
+            ``(view / 255 - mean) / std`` with the ``params.json`` statistics, channels
+            last whatever the framework; ``h = w = input_px`` when params.json resizes.
         """
-        return Normalizer(self.params.mean, self.params.std)(images)
+        return Normalizer(self.params.mean, self.params.std)(self.model_view(images))
+
+    def model_view(self, images) -> np.ndarray:
+        """uint8 tiles as the network sees them, before normalisation.
+
+        The tiles themselves, unless ``params.json`` gives ``input_px``: then resized and
+        centre-cropped as the backend does on the way into the network (the torch
+        backend; see :mod:`histoatlas.backends.torch.transform`). Saliency maps are drawn
+        over this view, since it is what they explain.
+
+        Raises
+        ------
+        ModelError
+            If params.json asks for a resize this backend does not do.
+        """
+        if self.params.transforms_input:
+            raise ModelError(
+                f"{self.path}: input_px/resize_px resize tiles in the torch backend only, "
+                f"not the {self.backend} backend"
+            )
+        return np.asarray(images)
 
     def sha256(self) -> str:
         """SHA-256 of ``weights_path`` (computed once, then cached)."""

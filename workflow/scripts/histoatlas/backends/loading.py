@@ -83,9 +83,11 @@ def get_preprocess_fn(path: str | os.PathLike) -> Normalizer:
 
     Returns
     -------
-    Normalizer
-        Callable mapping uint8 ``(..., H, W, 3)`` to float32 ``(x / 255 - mean) / std``,
-        channels last.
+    callable
+        Mapping uint8 ``(..., H, W, 3)`` to float32 ``(x / 255 - mean) / std``, channels
+        last (a :class:`Normalizer`); for a model whose params.json resizes its input
+        (``input_px``: an encoder preset), the tiles are resized and cropped first, as the
+        backend does on the way into the network.
 
     Raises
     ------
@@ -99,6 +101,8 @@ def get_preprocess_fn(path: str | os.PathLike) -> Normalizer:
     dtype('float32')
     """
     params, _ = read_params(Path(path))
+    if params.transforms_input:
+        return backend_loader(params.backend).preprocess_fn(params)
     return Normalizer(params.mean, params.std)
 
 
@@ -117,11 +121,24 @@ def read_params(path: Path) -> tuple[ModelParams, Path | None]:
         params_path = path / "params.json"
         if not params_path.exists() and (path / "saved_model.pb").exists():
             return ModelParams(backend="tensorflow"), None
-        return ModelParams.from_json(params_path), params_path
+        return ModelParams.from_json(params_path, defaults=param_defaults), params_path
     beside = path.parent / "params.json"
     if beside.is_file():
-        return ModelParams.from_json(beside), beside
+        return ModelParams.from_json(beside, defaults=param_defaults), beside
     return ModelParams(), None
+
+
+def param_defaults(raw) -> dict:
+    """The keys a backend fills in for a ``params.json`` that leaves them out.
+
+    The torch backend's architecture presets (``"architecture": "uni2-h"``) supply the
+    tiling, the model input, the normalisation and the weights file name; nothing is
+    imported but the preset table.
+    """
+    backend = raw.get("backend", "torch")
+    if backend not in BACKENDS:
+        return {}  # ModelParams.check names the bad backend
+    return backend_loader(backend).param_defaults(raw)
 
 
 def model_backend(path: str | os.PathLike) -> str:
@@ -153,7 +170,8 @@ def backend_module(name: str, part: str):
     """A module of a backend's package (``"torch"``, ``"tensorflow"``), imported on demand.
 
     Every backend has the same modules: ``loading`` (``load(source, *, device,
-    trust_model_code)`` and ``wrap(obj, device) -> LoadedModel or None``),
+    trust_model_code)``, ``wrap(obj, device) -> LoadedModel or None``,
+    ``param_defaults(raw_params) -> dict`` and ``preprocess_fn(params)``),
     ``model``, ``gradients``, ``architectures`` and ``training`` (``Trainer``).
 
     Raises

@@ -3,11 +3,14 @@
 Candidates are cut into chunks of consecutive tiles; threads (sharing one decoded-tile
 cache) or forked processes (writing into shared memory) read, decode and filter whole
 chunks through :meth:`WSI.read_chunk`, and the kept tiles come out in candidate order.
+Each chunk's CPU time (of the thread that read it) and the regions a fast reader left to
+OpenSlide are summed, for the log's "ms per tile".
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -15,8 +18,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-# Decoded-tile cache shared by the reading threads of one iter_batches call.
-TILE_CACHE_BYTES = 128 * 2**20
 # Most tiles one reading task reads (and filters) at a time.
 READ_CHUNK = 16
 
@@ -44,7 +45,8 @@ def iter_tile_batches(
     """The kept tiles of a slide in batches (see :meth:`WSI.iter_batches`).
 
     ``counts`` receives ``n_grid``, ``n_candidates``, ``n_kept`` and ``n_filtered`` when the
-    iterator is exhausted.
+    iterator is exhausted, and ``read_cpu_s`` (CPU seconds of the reading threads, summed)
+    and ``n_fallback`` (regions a fast reader left to OpenSlide).
     """
     grid = wsi.candidates
     coords = wsi.coords_of(grid)
@@ -55,6 +57,7 @@ def iter_tile_batches(
     ahead = (prefetch + 1) * batch_size
     pending: deque = deque()  # (first row, chunk length, ticket)
     submitted = in_flight = n_kept = filled = 0
+    cost = np.zeros(2)  # CPU seconds, fallback regions
     out, out_rows = _empty_batch(wsi, batch_size), np.empty(batch_size, np.int64)
     with _ChunkReader(wsi, num_workers, processes, chunk, ahead // chunk + 2) as reader:
         while True:
@@ -66,7 +69,8 @@ def iter_tile_batches(
             if not pending:
                 break
             start, size, ticket = pending.popleft()
-            tiles, keep = reader.result(ticket)
+            tiles, keep, chunk_cost = reader.result(ticket)
+            cost += chunk_cost
             in_flight -= size
             rows = start + np.flatnonzero(keep)
             n_kept += len(rows)
@@ -89,6 +93,8 @@ def iter_tile_batches(
             "n_candidates": n,
             "n_kept": n_kept,
             "n_filtered": n - n_kept,
+            "read_cpu_s": float(cost[0]),
+            "n_fallback": int(cost[1]),
         }
     )
 
@@ -101,12 +107,12 @@ class _ChunkReader:
     """Reads chunks of tiles (:meth:`WSI.read_chunk`) in worker threads or processes.
 
     ``submit(coords)`` starts a chunk and returns a ticket; ``result(ticket)`` waits for
-    it and returns ``(kept tiles, keep mask)``, tickets in submission order. Threads
-    each hold an OpenSlide handle and share one decoded-tile cache. Processes (forked:
-    fast to start, nothing re-imported) each open their own handle and write the kept
-    tiles into one of ``slots`` chunk-sized slots of memory shared with this process,
-    so only the keep mask travels through a pipe; the tiles returned are a view of the
-    slot, valid until the next ``submit`` or ``result``.
+    it and returns ``(kept tiles, keep mask, (CPU seconds, fallbacks))``, tickets in
+    submission order. Threads each hold a reader of :meth:`WSI.open_reader` and share its
+    decoded-tile cache. Processes (forked: fast to start, nothing re-imported) each open
+    their own reader and write the kept tiles into one of ``slots`` chunk-sized slots of
+    memory shared with this process, so only the keep mask travels through a pipe; the
+    tiles returned are a view of the slot, valid until the next ``submit`` or ``result``.
     """
 
     def __init__(self, wsi, num_workers: int, processes: bool, chunk: int, slots: int):
@@ -145,22 +151,20 @@ class _ChunkReader:
             )
             return self
 
-        import openslide
-
         local = threading.local()
         lock = threading.Lock()
-        # One decoded-tile cache for all handles: neighbouring tiles read by different
+        # One decoded-tile cache for all readers: neighbouring tiles read by different
         # threads share the slide's JPEG tiles, which would otherwise be decoded twice.
-        cache = openslide.OpenSlideCache(TILE_CACHE_BYTES)
+        shared: dict = {}
 
-        def read(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def read(coords: np.ndarray):
             reader = getattr(local, "reader", None)
             if reader is None:
                 reader = local.reader = self.wsi.open_reader()
-                reader.share_cache(cache)
                 with lock:
+                    reader.share_cache(shared)
                     self._handles.append(reader)
-            return self.wsi.read_chunk(reader, coords)
+            return read_costed(self.wsi, reader, coords)
 
         self._read = read
         self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix=f"wsi-{self.wsi.name}")
@@ -180,15 +184,15 @@ class _ChunkReader:
             return slot, self._pool.submit(_read_chunk_in_process, slot, coords)
         return self._pool.submit(self._read, coords)
 
-    def result(self, ticket: Any) -> tuple[np.ndarray, np.ndarray]:
+    def result(self, ticket: Any) -> tuple[np.ndarray, np.ndarray, tuple[float, int]]:
         self._release()
         if self._pool is None:
-            return self.wsi.read_chunk(None, ticket)
+            return read_costed(self.wsi, None, ticket)
         if self.processes:
             slot, future = ticket
-            keep = future.result()
+            keep, cost = future.result()
             self._used = slot
-            return self._slots[slot, : int(keep.sum())], keep
+            return self._slots[slot, : int(keep.sum())], keep, cost
         return ticket.result()
 
     def _release(self) -> None:
@@ -217,7 +221,20 @@ def _init_process_reader(pickled_wsi: bytes, slots: np.ndarray) -> None:
     _PROCESS_SLOTS = slots
 
 
-def _read_chunk_in_process(slot: int, coords: np.ndarray) -> np.ndarray:
-    tiles, keep = _PROCESS_WSI.read_chunk(None, coords)
+def _read_chunk_in_process(slot: int, coords: np.ndarray) -> tuple[np.ndarray, tuple]:
+    tiles, keep, cost = read_costed(_PROCESS_WSI, None, coords)
     _PROCESS_SLOTS[slot, : len(tiles)] = tiles
-    return keep
+    return keep, cost
+
+
+def read_costed(wsi, reader, coords: np.ndarray):
+    """:meth:`WSI.read_chunk`, with what it cost: this thread's CPU seconds, and the regions
+    the reader (None: the WSI's own) left to OpenSlide."""
+    stats = getattr(wsi._reader if reader is None else reader, "stats", None)
+    fallbacks = stats["fallback"] if stats is not None else 0
+    start = time.thread_time()
+    tiles, keep = wsi.read_chunk(reader, coords)
+    seconds = time.thread_time() - start
+    if stats is not None:
+        fallbacks = stats["fallback"] - fallbacks
+    return tiles, keep, (seconds, fallbacks)

@@ -13,13 +13,26 @@ from histoatlas.io import tissue
 from histoatlas.io.regions import read_downscaled
 from histoatlas.io.tiling import positive_int
 
+# A level whose downsample exceeds the one needed by less than this (relative) still
+# counts as adequate: pyramids store 2.0003 or 4.002 for nominal 2 and 4.
+LEVEL_TOLERANCE = 0.01
+
 
 class TileGrid:
     """Grid geometry and tissue candidates; mixed into :class:`~histoatlas.io.wsi.WSI`.
 
     Uses the WSI's ``name``, ``dimensions``, ``grid_shape``, ``patch_size_level0``,
-    ``stride_level0``, ``otsu``, ``tissue_fraction``, ``_reader`` and ``_level_for``.
+    ``stride_level0``, ``otsu``, ``tissue_fraction``, ``_reader`` and ``_slide``.
     """
+
+    def _level_for(self, downsample: float) -> int:
+        """Coarsest level whose downsample is at most ``downsample`` (within tolerance)."""
+        ok = [
+            level
+            for level, ds in enumerate(self._slide.level_downsamples)
+            if ds <= downsample * (1 + LEVEL_TOLERANCE)
+        ]
+        return max(ok, default=0)
 
     @property
     def tissue_mask(self) -> np.ndarray:

@@ -4,8 +4,8 @@ A *region reader* holds one open file (one per reading thread or process) and re
 ``read_region(location, level, size)`` as an RGB ``(h, w, 3)`` uint8 array, level-0
 location, pixels outside the scanned area in the slide's background colour. :class:`WSI`
 decides where to read and resizes; readers only decode. :class:`OpenSlideRegions` reads any
-format OpenSlide knows; a faster reader for JPEG-tiled TIFFs plugs in behind the same
-interface.
+format OpenSlide knows; :mod:`histoatlas.io.readers` holds the decode-once reader of
+JPEG-tiled TIFFs behind the same interface, and the choice between them.
 """
 
 from __future__ import annotations
@@ -20,12 +20,20 @@ from histoatlas.errors import SlideError, TileReadError
 
 # Memory cap of one read while building a thumbnail (bytes of RGBA at the read level).
 THUMBNAIL_STRIP_BYTES = 64 * 2**20
+# OpenSlide's decoded-tile cache shared by the reading threads of one iter_batches call.
+TILE_CACHE_BYTES = 128 * 2**20
 
 
 class RegionReader(Protocol):
     """What :class:`~histoatlas.io.wsi.WSI` reads tiles with."""
 
     name: str
+    kind: str  # "openslide", "tiled-jpeg": recorded with the features
+    handle: object  # an openslide.OpenSlide of the slide: levels, dimensions, properties
+    background: tuple[int, int, int]
+
+    def share_cache(self, shared: dict) -> None:
+        """Share decoded tiles with the other readers of one pool (``shared`` starts empty)."""
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int], what: str = ""
@@ -75,9 +83,13 @@ class OpenSlideRegions:
         colour = self.handle.properties.get("openslide.background-color", "FFFFFF")
         self.background = _parse_hex_colour(colour)
 
-    def share_cache(self, cache) -> None:
-        """Use an ``openslide.OpenSlideCache`` shared with other handles of the slide."""
-        self.handle.set_cache(cache)
+    def share_cache(self, shared: dict) -> None:
+        """Use the ``openslide.OpenSlideCache`` in ``shared`` (made by the first reader)."""
+        import openslide
+
+        if self.kind not in shared:
+            shared[self.kind] = openslide.OpenSlideCache(TILE_CACHE_BYTES)
+        self.handle.set_cache(shared[self.kind])
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int], what: str = ""
@@ -111,12 +123,12 @@ class OpenSlideRegions:
         self.handle.close()
 
 
-def read_downscaled(reader: OpenSlideRegions, level: int, out_size: tuple[int, int]) -> np.ndarray:
+def read_downscaled(reader: RegionReader, level: int, out_size: tuple[int, int]) -> np.ndarray:
     """The whole slide at ``out_size`` (w, h) from ``level``, read in strips of bounded memory.
 
     Parameters
     ----------
-    reader : OpenSlideRegions
+    reader : RegionReader
     level : int
         Pyramid level to read (its resolution at least ``out_size``'s).
     out_size : (int, int)

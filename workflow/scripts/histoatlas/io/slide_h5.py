@@ -22,7 +22,7 @@ import numpy as np
 from histoatlas.atomic import atomic_output
 from histoatlas.errors import HistoatlasError
 
-JSON_ATTRS = ("layers", "layer_slices", "class_names")
+JSON_ATTRS = ("layers", "layer_slices", "class_names", "reader_levels")
 FILE_ATTRS = (
     "slide",
     "slide_path",
@@ -45,6 +45,19 @@ FILE_ATTRS = (
 # Optional file attributes: the tiling's tile counts (grid tiles, tissue candidates, tiles
 # kept after the filters, candidates filtered out), read by histoatlas.pipeline.qc.
 QC_ATTRS = ("n_grid", "n_candidates", "n_kept", "n_filtered")
+# Optional file attributes: who decoded the tiles (histoatlas.io.readers.choice): the reader
+# of the level read ("tiled-jpeg" or "openslide"), why, the option asked for, the level, the
+# reader "auto" takes at each level and the regions the decode-once reader left to
+# OpenSlide. They change no feature. What reading cost (ms per tile) is said in the log and
+# the job's report, not here: a timing would make the same slide give other bytes.
+READER_ATTRS = (
+    "reader",
+    "reader_reason",
+    "reader_option",
+    "read_level",
+    "reader_levels",
+    "reader_fallbacks",
+)
 COORDS_ATTRS = (
     "patch_size",
     "patch_size_level0",
@@ -139,7 +152,8 @@ def write_slide_h5(
     attrs : dict
         Every name of :data:`FILE_ATTRS`. ``layers``, ``layer_slices`` and
         ``class_names`` may be Python objects (stored as JSON). Other keys (such as the
-        tile counts of :data:`QC_ATTRS`) are stored as they are.
+        tile counts of :data:`QC_ATTRS` and the reader's :data:`READER_ATTRS`) are stored
+        as they are.
 
     Raises
     ------

@@ -37,6 +37,9 @@ class TileOptions:
         Tissue detection and tile filters (see :class:`~histoatlas.io.wsi.WSI`).
     allow_model_mismatch : bool
         Extract even when ``px`` differs from the model's ``tile_px``.
+    reader : {"auto", "openslide", "fast"}
+        Who decodes the tiles (:mod:`histoatlas.io.readers.choice`); the same pixels
+        either way.
 
     Examples
     --------
@@ -54,6 +57,7 @@ class TileOptions:
     whitespace_fraction: float = 1.0
     whitespace_threshold: float = 230
     allow_model_mismatch: bool = False
+    reader: str = "auto"
 
     @classmethod
     def from_mapping(cls, values: Any) -> TileOptions:
@@ -67,7 +71,7 @@ class TileOptions:
 
     def tissue(self) -> dict[str, Any]:
         """The tissue detection and filter options, as :class:`WSI` takes them."""
-        skip = {"px", "um", "stride_div", "allow_model_mismatch"}
+        skip = {"px", "um", "stride_div", "allow_model_mismatch", "reader"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 

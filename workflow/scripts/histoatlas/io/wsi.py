@@ -4,7 +4,9 @@
 Philips TIFF, DICOM), lays a grid of ``tile_um``-micron tiles over level 0, picks the
 tiles on tissue (Otsu on a thumbnail) and reads them from the coarsest pyramid level
 that still has the resolution ``tile_px`` needs, resized to ``tile_px``. Only the
-tiles asked for are read: a whole level is never loaded.
+tiles asked for are read: a whole level is never loaded. JPEG-tiled TIFF pyramids are
+read by the decode-once reader, everything else by OpenSlide, with the same pixels
+(:mod:`histoatlas.io.readers`).
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from histoatlas.errors import ConfigError
 from histoatlas.io import tissue
 from histoatlas.io.batches import TileBatch, iter_tile_batches
 from histoatlas.io.grid import TileGrid
+from histoatlas.io.readers.choice import (
+    ReaderChoice,
+    choose_reader,
+    open_region_reader,
+    reader_option,
+)
 from histoatlas.io.regions import OpenSlideRegions, RegionReader, resolve_slide_path
 from histoatlas.io.tiling import fraction, parse_tile_um, positive_int, slide_mpp, to_float
 
 __all__ = ["WSI", "TileBatch", "parse_tile_um"]
-
-# A level whose downsample exceeds the one needed by less than this (relative) still
-# counts as adequate: pyramids store 2.0003 or 4.002 for nominal 2 and 4.
-LEVEL_TOLERANCE = 0.01
 
 
 class WSI(TileGrid):
@@ -61,6 +65,10 @@ class WSI(TileGrid):
     whitespace_fraction, whitespace_threshold : float
         Drop a tile when more than ``whitespace_fraction`` of its pixels have a mean
         RGB above ``whitespace_threshold``; the default 1.0 disables it, as in slideflow.
+    reader : {"auto", "openslide", "fast"}
+        Who decodes the tiles: ``"auto"``, the decode-once reader where it maps
+        ``read_level``, else OpenSlide; ``"fast"`` fails where it does not (see
+        :mod:`histoatlas.io.readers.choice`). The pixels are the same.
 
     Attributes
     ----------
@@ -84,9 +92,14 @@ class WSI(TileGrid):
         Pyramid level tiles are read from.
     read_downsample : float
         Downsample of ``read_level``.
+    reader_choice : ReaderChoice
+        The reader of ``read_level`` (``kind``) and why (``reason``).
     qc : dict or None
         After :meth:`iter_batches` has run to the end: ``n_grid``, ``n_candidates``,
         ``n_kept``, ``n_filtered``.
+    read_stats : dict or None
+        After :meth:`iter_batches` has run to the end: ``read_cpu_s`` (CPU seconds of the
+        reading threads: reading, resizing, filters), ``n_fallback``.
 
     Raises
     ------
@@ -121,6 +134,7 @@ class WSI(TileGrid):
         grayspace_threshold: float = 0.05,
         whitespace_fraction: float = 1.0,
         whitespace_threshold: float = 230,
+        reader: str = "auto",
     ) -> None:
         # Options first, so a bad one fails before the slide is opened.
         self.tile_px = positive_int("tile_px", tile_px)
@@ -134,19 +148,25 @@ class WSI(TileGrid):
         self.whitespace_threshold = to_float(whitespace_threshold)
         if not 0 <= self.whitespace_threshold <= 255:
             raise ConfigError(f"whitespace_threshold={whitespace_threshold!r} must lie in [0, 255]")
+        self.reader_option = reader_option(reader)
 
         self.path, default_name = resolve_slide_path(path, name)
         self.name = name if name is not None else default_name
-        self._reader = self.open_reader()
+        self._reader: RegionReader = OpenSlideRegions(self.path, name=self.name)
         try:
             self.mpp = self._get_mpp(mpp)
             self._set_grid()
+            self.reader_choice: ReaderChoice = choose_reader(
+                self.path, self._reader, self.read_level, self.reader_option, name=self.name
+            )
+            self._reader = self.open_reader(opened=self._reader)
         except BaseException:
             self._reader.close()
             raise
         self.dimensions: tuple[int, int] = tuple(int(v) for v in self._slide.dimensions)
         self._tissue_mask: np.ndarray | None = None
         self.qc: dict[str, int] | None = None
+        self.read_stats: dict | None = None
 
     @property
     def _slide(self):
@@ -165,6 +185,7 @@ class WSI(TileGrid):
             stride_div=tiles.stride_div,
             mpp=mpp,
             name=name,
+            reader=tiles.reader,
             **tiles.tissue(),
         )
 
@@ -190,22 +211,13 @@ class WSI(TileGrid):
 
     # -- opening --------------------------------------------------------------
 
-    def open_reader(self) -> RegionReader:
-        """A new region reader of the slide (one per reading thread or process)."""
-        return OpenSlideRegions(self.path, name=self.name)
+    def open_reader(self, opened: OpenSlideRegions | None = None) -> RegionReader:
+        """A new region reader of the chosen kind (one per reading thread or process)."""
+        return open_region_reader(self.path, self.reader_choice, name=self.name, opened=opened)
 
     def _get_mpp(self, mpp: float | None) -> float:
         file_mpp = self._slide.properties.get("openslide.mpp-x")
         return slide_mpp(mpp, file_mpp, name=self.name, path=self.path)
-
-    def _level_for(self, downsample: float) -> int:
-        """Coarsest level whose downsample is at most ``downsample`` (within tolerance)."""
-        ok = [
-            level
-            for level, ds in enumerate(self._slide.level_downsamples)
-            if ds <= downsample * (1 + LEVEL_TOLERANCE)
-        ]
-        return max(ok, default=0)
 
     def close(self) -> None:
         """Close the slide; the object cannot read tiles afterwards."""
@@ -223,7 +235,7 @@ class WSI(TileGrid):
             f"dimensions={self.dimensions}, tile_px={self.tile_px}, "
             f"tile_um={self.tile_um:g}, patch_size_level0={self.patch_size_level0}, "
             f"stride_level0={self.stride_level0}, grid_shape={self.grid_shape}, "
-            f"read_level={self.read_level})"
+            f"read_level={self.read_level}, reader={self.reader_choice.kind!r})"
         )
 
     # -- reading ---------------------------------------------------------------
@@ -298,10 +310,10 @@ class WSI(TileGrid):
         """Read the kept tiles (candidates passing the filters) in batches.
 
         Candidates are cut into chunks of consecutive tiles; a pool of workers, each
-        with its own OpenSlide handle, reads, decodes and filters whole chunks, and the
-        kept tiles come out in candidate order. Every batch holds ``batch_size`` tiles
-        except the last; a slide with no kept tiles yields nothing. When the iterator
-        is exhausted, :attr:`qc` holds the tile counts.
+        with its own reader (:meth:`open_reader`), reads, decodes and filters whole chunks,
+        and the kept tiles come out in candidate order. Every batch holds ``batch_size``
+        tiles except the last; a slide with no kept tiles yields nothing. When the iterator
+        is exhausted, :attr:`qc` holds the tile counts and :attr:`read_stats` the cost.
 
         Parameters
         ----------
@@ -345,9 +357,10 @@ class WSI(TileGrid):
     def _batches(
         self, batch_size: int, num_workers: int, prefetch: int, processes: bool
     ) -> Iterator[TileBatch]:
-        self.qc = None
-        counts: dict[str, int] = {}
+        self.qc = self.read_stats = None
+        counts: dict = {}
         yield from iter_tile_batches(self, batch_size, num_workers, prefetch, processes, counts)
+        self.read_stats = {k: counts.pop(k) for k in ("read_cpu_s", "n_fallback")}
         self.qc = counts
 
     def read_chunk(self, reader, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -368,7 +381,9 @@ class WSI(TileGrid):
             Which of ``coords`` passed.
         """
         reader = self._reader if reader is None else reader
-        tiles = np.stack([self._read(reader, int(x), int(y)) for x, y in coords])
+        tiles = np.empty((len(coords), self.tile_px, self.tile_px, 3), np.uint8)
+        for k, (x, y) in enumerate(coords):
+            tiles[k] = self._read(reader, int(x), int(y))
         keep = self._filter(tiles)
         return (tiles if keep.all() else tiles[keep]), keep
 

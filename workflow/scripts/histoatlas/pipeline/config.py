@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from histoatlas.errors import ConfigError
+from histoatlas.io.tiling import parse_tile_um
 
 _PY_TYPES = {
     "integer": int,
@@ -159,9 +160,10 @@ def _subschema(schema: dict, path: list) -> dict:
 GENERIC_MODEL_NAMES = frozenset(
     {"model", "models", "weights", "checkpoint", "checkpoints", "pytorch_model", "saved_model"}
 )
-# Settings of `tiles` and `features` that are not part of the featureset's results.
+# Settings of `tiles` and `features` that are not part of the featureset's results (the
+# reader gives OpenSlide's pixels whichever it is).
 _NOT_IN_FEATURESET = {
-    "tiles": ("px", "um", "allow_model_mismatch"),
+    "tiles": ("px", "um", "allow_model_mismatch", "reader"),
     "features": ("name", "batch_size"),
 }
 
@@ -188,11 +190,89 @@ def model_label(model: str | Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
 
 
+def model_tiling(tiles: dict, model_px, model_um, *, model: str, source) -> dict:
+    """``tiles`` with ``px`` and ``um`` taken from the model where the config leaves them null.
+
+    Parameters
+    ----------
+    tiles : dict
+        The config's ``tiles`` (``px``, ``um`` may be None).
+    model_px, model_um
+        The model's ``tile_px`` and ``tile_um`` (its params.json, or its architecture
+        preset: UNI's 256 px at 20x).
+    model : str
+        The model path, for messages.
+    source : str, Path or None
+        Where the model's values come from; None when it declares none (a bare file).
+
+    Returns
+    -------
+    dict
+        A new ``tiles``. A ``um`` taken from the model keeps its form (``"20x"``) when
+        ``px`` is the model's too, else it becomes microns, so a tile keeps its area.
+
+    Raises
+    ------
+    ConfigError
+        If the config leaves ``px`` or ``um`` null and the model declares no tiling.
+
+    Examples
+    --------
+    >>> model_tiling({"px": None, "um": None}, 256, "20x", model="uni", source="p.json")
+    {'px': 256, 'um': '20x'}
+    >>> model_tiling({"px": 224, "um": None}, 256, "20x", model="uni", source="p.json")
+    {'px': 224, 'um': 128.0}
+    """
+    out = dict(tiles)
+    if out.get("px") is not None and out.get("um") is not None:
+        return out
+    if source is None:
+        raise ConfigError(
+            f"tiles.px / tiles.um are null (the model's tiling), but the model {model} has no "
+            "params.json to give one: set tiles.px and tiles.um in the config"
+        )
+    if out.get("um") is None:
+        same_px = out.get("px") in (None, int(model_px))
+        out["um"] = model_um if same_px else parse_tile_um(model_um, int(model_px))
+    if out.get("px") is None:
+        out["px"] = int(model_px)
+    return out
+
+
+def run_info(config: dict, *, model_predicts: bool) -> dict:
+    """What a run computes beyond what the config says: for the targets and the report.
+
+    Parameters
+    ----------
+    config : dict
+        The validated config.
+    model_predicts : bool
+        False for an encoder (``params.json`` output ``"embedding"``): no predictions.
+
+    Returns
+    -------
+    dict
+        ``predictions``: predictions are stored (asked for, and the model has them);
+        ``saliency``: the saliency rule runs (on the top tiles of each predicted class, or
+        on the tiles the config lists).
+
+    Examples
+    --------
+    >>> cfg = {"features": {"include_preds": True}, "saliency": {"tiles": {"top_k_per_class": 2}}}
+    >>> run_info(cfg, model_predicts=False)
+    {'predictions': False, 'saliency': False}
+    """
+    predictions = bool(config["features"]["include_preds"]) and model_predicts
+    listed = isinstance(config["saliency"]["tiles"], list)
+    return {"predictions": predictions, "saliency": predictions or listed}
+
+
 def featureset_name(config: dict, schema: dict) -> str:
     """The featureset of a config: ``features.name``, or one derived from model and tiling.
 
     Per-slide activations go to ``results/features/{featureset}/``, shared by every cohort
-    that uses the same model and tiling. When ``features.name`` is not given, the name is
+    that uses the same model and tiling (``tiles.px`` and ``tiles.um`` resolved: see
+    :func:`model_tiling`). When ``features.name`` is not given, the name is
     ``{model}-{px}px-{um}`` (:func:`model_label`; ``um`` as ``112um`` or ``20x``), followed by
     ``-`` and six hex digits of a hash of every other extraction setting (``tiles`` and
     ``features`` keys) that differs from its default. Another model or any other setting
@@ -225,6 +305,8 @@ def featureset_name(config: dict, schema: dict) -> str:
     if given:
         return str(given)
     tiles = config["tiles"]
+    if tiles.get("px") is None or tiles.get("um") is None:
+        raise ConfigError("featureset_name needs tiles.px and tiles.um (see model_tiling)")
     um = str(tiles["um"]).lower() if isinstance(tiles["um"], str) else f"{tiles['um']:g}um"
     name = f"{model_label(config['model'])}-{tiles['px']}px-{um}"
     changed = {}

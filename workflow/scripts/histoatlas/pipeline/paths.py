@@ -30,6 +30,8 @@ UMAP_SHARD = "results/{cohort}/umap/shards/{shard}.parquet"
 UMAP_PLOT = "results/{cohort}/plots/umap_{label}.png"
 MOSAIC_PNG = "results/{cohort}/mosaic/mosaic.png"
 MOSAIC_MANIFEST = "results/{cohort}/mosaic/mosaic.parquet"
+# the interactive atlas: one folder (index.html, its assets and data), written atomically
+ATLAS = "results/{cohort}/atlas"
 SALIENCY_TILES = "results/{cohort}/saliency/tiles.csv"
 SALIENCY_MAPS = "results/{cohort}/saliency/maps"
 SALIENCY_MANIFEST = "results/{cohort}/saliency/maps.csv"

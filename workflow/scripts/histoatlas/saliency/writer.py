@@ -64,7 +64,9 @@ def write_saliency_maps(
     smooth : bool or dict
         SmoothGrad for every method (see :class:`SaliencyMap`).
     preprocess : callable, optional
-        uint8 ``(H, W, 3)`` -> float32; default ``model.preprocess``.
+        uint8 ``(H, W, 3)`` -> float32; default ``model.preprocess``. The maps are drawn
+        over ``model.model_view(tile)`` (the tile resized and cropped as the network sees
+        it, when its params.json says so), or over the tile itself for a bare network.
     read_tile : callable, optional
         Row of ``tiles`` -> uint8 ``(tile_px, tile_px, 3)``; default reads it from the
         row's slide with :class:`histoatlas.WSI`.
@@ -92,11 +94,8 @@ def write_saliency_maps(
     if len(tiles) == 0:
         raise EmptyDatasetError("tiles.csv lists no tiles: nothing to explain")
     methods = [check_method(m) for m in (METHODS if methods is None else methods)]
-    preprocess = preprocess or getattr(model, "preprocess", None)
-    if preprocess is None:
-        raise ModelError("a bare torch module needs preprocess= (uint8 tile -> float32)")
+    compute = _MapComputer.of(model, methods, method_params, smooth, preprocess)
     tiles = _checked_tiles(tiles, list(getattr(model, "class_names", []) or []))
-    compute = _MapComputer(model, methods, method_params, smooth, preprocess)
     reader = _SlideTileReader() if read_tile is None else None
     try:
         records, rows, labels = _write_all(
@@ -115,19 +114,35 @@ def write_saliency_maps(
 
 
 class _MapComputer:
-    """One tile's maps of every method; one :class:`SaliencyMap` per explained class."""
+    """One tile's maps of every method; one :class:`SaliencyMap` per explained class.
 
-    def __init__(self, model, methods, method_params, smooth, preprocess) -> None:
+    ``view`` gives the tile as the network sees it (see ``LoadedModel.model_view``): the
+    pixels the maps explain, and so the picture they are drawn over.
+    """
+
+    def __init__(self, model, methods, method_params, smooth, preprocess, view=None) -> None:
         self.model, self.methods = model, methods
         self.params, self.smooth, self.preprocess = method_params, smooth, preprocess
+        self.view = view
         self.explainers: dict[int, SaliencyMap] = {}
 
-    def __call__(self, tile: np.ndarray, class_idx: int) -> dict[str, np.ndarray]:
+    @classmethod
+    def of(cls, model, methods, method_params, smooth, preprocess) -> _MapComputer:
+        """The model's own preprocess and view, unless ``preprocess`` is given."""
+        view = getattr(model, "model_view", None) if preprocess is None else None
+        preprocess = preprocess or getattr(model, "preprocess", None)
+        if preprocess is None:
+            raise ModelError("a bare torch module needs preprocess= (uint8 tile -> float32)")
+        return cls(model, methods, method_params, smooth, preprocess, view)
+
+    def __call__(self, tile: np.ndarray, class_idx: int) -> tuple[np.ndarray, dict]:
+        """``(the tile as the network sees it, {method: map})``."""
         if class_idx not in self.explainers:
             self.explainers[class_idx] = SaliencyMap(self.model, class_idx)
-        return self.explainers[class_idx].all(
+        masks = self.explainers[class_idx].all(
             self.preprocess(tile), methods=self.methods, params=self.params, smooth=self.smooth
         )
+        return (tile if self.view is None else self.view(tile)), masks
 
 
 def _write_all(tiles, compute: _MapComputer, read_tile, maps_dir: Path, alpha: float):
@@ -138,8 +153,7 @@ def _write_all(tiles, compute: _MapComputer, read_tile, maps_dir: Path, alpha: f
     try:
         for row in tiles.itertuples(index=False):
             start = time.perf_counter()
-            tile = _checked_tile(read_tile(row), row)
-            masks = compute(tile, int(row.class_idx))
+            tile, masks = compute(_checked_tile(read_tile(row), row), int(row.class_idx))
             (tmp_dir / row.name).mkdir(parents=True)
             for method, mask in masks.items():
                 records.append(_write_map(tmp_dir, maps_dir, row, method, mask, tile, alpha))

@@ -61,6 +61,12 @@ def load_keras_model(
         If ``device`` is not available.
     """
     path, params, params_path = Path(source.path), source.params, source.params_path
+    if params.transforms_input:
+        raise ModelError(
+            f"{params_path}: input_px/resize_px (resizing tiles on their way into the "
+            "network) are a torch-backend option; for a Keras model set tile_px to its "
+            "input size and leave input_px and resize_px out"
+        )
     file = path
     if path.is_dir() and params_path is not None:
         file = path / params.weights
@@ -275,4 +281,17 @@ def wrap(obj, device: str | None) -> KerasModel | None:
         device=resolve_device(device),
         kind="bare",
         weights_path=Path(),
+    )
+
+
+def param_defaults(raw) -> dict:
+    """Keras models have no architecture presets: nothing to fill in."""
+    return {}
+
+
+def preprocess_fn(params: ModelParams):
+    """Keras models take their tiles as read (asked for only when params.json resizes)."""
+    raise ModelError(
+        "input_px/resize_px (resizing tiles on their way into the network) are a "
+        "torch-backend option; for a Keras model set tile_px to its input size"
     )

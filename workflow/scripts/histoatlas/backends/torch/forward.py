@@ -4,7 +4,13 @@ pipelined forward passes of a CUDA model.
 Forward hooks on the modules of ``dict(model.named_modules())`` collect each requested
 layer during one forward pass, pooled inside the hook so full feature maps are never kept.
 ``postconv`` is the input of the final classifier (a forward *pre*-hook), ``output`` the
-network's final output.
+network's final output. A layer may carry a recipe, ``"<layer>:<recipe>"``
+(``blocks.11:cls``, ``norm:patch_mean``; see
+:mod:`histoatlas.backends.torch.encoders.recipes`); an encoder's layers are found with or
+without its ``backbone.`` prefix. Pooling knows the layer's layout
+(:func:`~histoatlas.backends.torch.encoders.gradcam.layer_layout`): ViT tokens are
+averaged over the patch tokens only (class and register tokens skipped, as timm's
+``global_pool="avg"`` does), Swin's channels-last maps over H and W.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from histoatlas.backends.base import (
     postconv_undefined_message,
     unknown_layer_message,
 )
+from histoatlas.backends.torch.encoders.gradcam import GradCamTarget, layer_layout
+from histoatlas.backends.torch.encoders.recipes import embed, parse_layer_selector
 from histoatlas.errors import LayerError
 from histoatlas.prefetch import prefetch
 
@@ -33,9 +41,10 @@ class HookedForward:
     ----------
     model : TorchModel
     layers : sequence of str
-        Module names, ``postconv`` or ``output``; concatenated in this order.
+        Module names, ``postconv`` or ``output``, each optionally ``"<name>:<recipe>"``;
+        concatenated in this order.
     pooling : {"avg", "max", None}
-        As :func:`pool`.
+        As :func:`pool`, for the layers without a recipe.
     precision : {"float32", "bfloat16", "float16"}
         Under ``torch.autocast`` unless float32.
 
@@ -50,7 +59,7 @@ class HookedForward:
         self.model = model
         self.pooling = pooling
         self.precision = precision
-        self.targets = [_resolve(model, layer) for layer in layers]
+        self.targets = [_resolve(model, layer, pooling) for layer in layers]
         self.widths: list[int] | None = None
 
     def __call__(self, x) -> tuple[Any, Any]:
@@ -59,8 +68,8 @@ class HookedForward:
 
         store: dict[str, object] = {}
         handles = []
-        for layer, module, how in self.targets:
-            hook = partial(_keep, store, layer, self.pooling)
+        for layer, module, how, reduce in self.targets:
+            hook = partial(_keep, store, layer, reduce)
             if how == "pre":
                 handles.append(module.register_forward_pre_hook(_pre_hook(hook)))
             elif how == "forward":
@@ -72,7 +81,7 @@ class HookedForward:
         try:
             with torch.inference_mode(), autocast:
                 out = _first_tensor(self.model.model(x))
-                parts = [self._part(layer, how, out, store) for layer, _, how in self.targets]
+                parts = [self._part(layer, how, out, store, r) for layer, _, how, r in self.targets]
                 feats = torch.cat(parts, dim=1)
                 flat = out.reshape(out.shape[0], -1).float()
         finally:
@@ -82,9 +91,9 @@ class HookedForward:
             self.widths = [int(p.shape[1]) for p in parts]
         return feats, flat
 
-    def _part(self, layer: str, how: str, out, store: dict):
+    def _part(self, layer: str, how: str, out, store: dict, reduce):
         if how == OUTPUT:
-            return pool(out, self.pooling)
+            return reduce(out)
         if layer not in store:
             raise LayerError(
                 f"layer {layer!r} did not run in the forward pass of {self.model.path}; "
@@ -93,8 +102,17 @@ class HookedForward:
         return store[layer]
 
 
-def _resolve(model, layer: str):
-    """(layer, module, how): how is 'forward', 'pre' (postconv) or 'output'."""
+def _resolve(model, selector: str, pooling: str | None):
+    """(selector, module, how, reduce): how is 'forward', 'pre' (postconv) or 'output';
+    ``reduce`` maps the layer's output to ``(B, n)`` (its recipe, else ``pooling``)."""
+    layer, recipe = parse_layer_selector(selector)
+    name, module, how = _find(model, layer)
+    layout = layer_layout(model.model, name) if how == "forward" else GradCamTarget(name, "nchw")
+    return selector, module, how, partial(pool, pooling=pooling, recipe=recipe, layout=layout)
+
+
+def _find(model, layer: str):
+    """(module name, module, how) of a layer name (``postconv``, ``output`` or a module)."""
     if layer == OUTPUT:
         return layer, None, OUTPUT
     if not model.supports_layers:
@@ -107,8 +125,9 @@ def _resolve(model, layer: str):
     if layer == POSTCONV:
         return layer, find_classifier(model), "pre"
     modules = dict(model.model.named_modules())
-    if layer and layer in modules:
-        return layer, modules[layer], "forward"
+    for name in (layer, f"backbone.{layer}"):  # an encoder's network sits under backbone.
+        if layer and name in modules:
+            return name, modules[name], "forward"
     raise LayerError(unknown_layer_message(layer, model.layer_names()))
 
 
@@ -145,17 +164,25 @@ def find_classifier(model):
     )
 
 
-def pool(t, pooling: str | None):
+def pool(t, pooling: str | None, *, recipe: str | None = None, layout: GradCamTarget | None = None):
     """Reduce one layer's output to ``(B, n)`` float32 on its device.
 
-    4-D maps ``(B, C, H, W)`` are averaged or maxed over H, W; 3-D token outputs
-    ``(B, T, D)`` over T; None flattens. 2-D outputs pass through. Half-precision
-    outputs (autocast) are pooled in float32.
+    With a ``recipe`` (``cls``, ``patch_mean``, ``cls+patch_mean``, ``avg``, ``max``), the
+    recipe. Else 4-D maps are averaged or maxed over H, W (``(B, C, H, W)``, or
+    ``(B, H, W, C)`` where ``layout`` says ``nhwc``); 3-D token outputs ``(B, T, D)`` over
+    T, skipping ``layout``'s prefix tokens; None flattens. 2-D outputs pass through.
+    Half-precision outputs (autocast) are pooled in float32.
     """
     t = _first_tensor(t).float()
-    if t.ndim in (3, 4) and pooling is not None:
-        dims = (2, 3) if t.ndim == 4 else (1,)
-        t = t.mean(dim=dims) if pooling == "avg" else t.amax(dim=dims)
+    layout = layout or GradCamTarget("", "nchw")
+    n_prefix = layout.num_prefix_tokens if layout.layout == "tokens" else 0
+    if t.ndim == 4 and layout.layout == "nhwc":
+        t = t.permute(0, 3, 1, 2)
+    reduce = recipe or pooling
+    if reduce is not None and (t.ndim == 3 or recipe is not None):
+        return embed(t, reduce, num_prefix_tokens=n_prefix).reshape(t.shape[0], -1)
+    if t.ndim == 4 and pooling is not None:
+        t = t.mean(dim=(2, 3)) if pooling == "avg" else t.amax(dim=(2, 3))
     return t.reshape(t.shape[0], -1)
 
 
@@ -222,9 +249,9 @@ def _first_tensor(out):
     return out
 
 
-def _keep(store: dict, layer: str, pooling: str | None, value) -> None:
+def _keep(store: dict, layer: str, reduce, value) -> None:
     # pooled inside the hook, so full feature maps are never kept
-    store[layer] = pool(value, pooling)
+    store[layer] = reduce(value)
 
 
 def _forward_hook(keep):

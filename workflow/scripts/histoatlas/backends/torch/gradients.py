@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from histoatlas.backends.gradients import GradientRequest, check_class_idx
+from histoatlas.backends.torch.encoders.gradcam import gradcam_target, layer_layout, to_grid
 from histoatlas.errors import LayerError, ModelError
 
 _MAX_NAMES_SHOWN = 25
@@ -78,9 +79,10 @@ class TorchGradients:
         # always tracked: with frozen weights the feature maps would otherwise carry no graph
         x = x.permute(0, 3, 1, 2).contiguous().requires_grad_(True)
         captured: dict[str, Any] = {}
-        handle = None
+        handle = layout = None
         if request.want_conv:
             layer = self.resolve_layer(request.layer, np.asarray(x_batch[0]))
+            layout = layer_layout(self.module, layer)
             handle = self._modules()[layer].register_forward_hook(_capture_hook(captured, layer))
         try:
             with torch.enable_grad():
@@ -92,8 +94,8 @@ class TorchGradients:
             if handle is not None:
                 handle.remove()
         input_grads = _nhwc(grads.pop(0)) if request.want_input else None
-        conv_grads = _nhwc(grads.pop(0)) if request.want_conv else None
-        conv = _nhwc(captured["out"]) if request.want_conv else None
+        conv_grads = _nhwc(to_grid(grads.pop(0), layout)) if request.want_conv else None
+        conv = _nhwc(to_grid(captured["out"], layout)) if request.want_conv else None
         return request.result(input_grads, conv, conv_grads, target.detach().float().cpu())
 
     def _target(self, output: Any, request: GradientRequest) -> Any:
@@ -121,11 +123,17 @@ class TorchGradients:
     def resolve_layer(self, layer: str | None, x_value: np.ndarray) -> str:
         """Check ``layer`` or find the default Grad-CAM layer (see ``GradientFunction``).
 
-        The default is the last module, in forward order, that runs once and returns a
-        feature map ``(B, K, h, w)`` with ``h, w > 1`` (found by running ``x_value`` once):
-        for a CNN, the output of its last convolutional stage (``layer4`` of a ResNet,
-        ``block4`` of the demo CNN). ModelError for TorchScript (no hooks) or a network
-        without a spatial map; LayerError for a name that is no module.
+        For a ViT, the default is the last block's ``norm1``, whose patch tokens are
+        reshaped into the patch grid (why that block: see
+        :mod:`histoatlas.backends.torch.encoders.gradcam`); for Swin its last stage; for a
+        truncated ResNet ``layer3``. Otherwise the last module, in forward order, that
+        runs once and returns a feature map ``(B, K, h, w)`` with ``h, w > 1`` (found by
+        running ``x_value`` once): for a CNN, the output of its last convolutional stage
+        (``layer4`` of a ResNet, ``block4`` of the demo CNN). A ViT layer (a block, a
+        norm) may be named too: its tokens are put on the patch grid. An encoder's layers
+        are found with or without its ``backbone.`` prefix. ModelError for TorchScript
+        (no hooks) or a network without a spatial map; LayerError for a name that is no
+        module.
         """
         if not self.supports_layers:
             raise ModelError(
@@ -134,6 +142,8 @@ class TorchGradients:
                 "weights) instead, or a gradient method such as integrated_gradients"
             )
         modules = self._modules()
+        if layer is not None and layer not in modules and f"backbone.{layer}" in modules:
+            layer = f"backbone.{layer}"
         if layer is not None:
             if layer not in modules:
                 names = list(modules)
@@ -142,7 +152,10 @@ class TorchGradients:
                 raise LayerError(f"layer {layer!r} not in model; available: {shown}{more}")
             return layer
         if self._default_layer is None:
-            self._default_layer = self._find_feature_layer(modules, x_value)
+            try:
+                self._default_layer = gradcam_target(self.module).layer
+            except ModelError:  # no ViT, Swin or truncated ResNet: the last feature map
+                self._default_layer = self._find_feature_layer(modules, x_value)
         return self._default_layer
 
     def _find_feature_layer(self, modules: dict[str, Any], x_value: np.ndarray) -> str:
@@ -182,17 +195,19 @@ def _capture_hook(captured: dict[str, Any], layer: str):
     """Forward hook keeping a layer's output and handing the network a copy.
 
     The copy keeps in-place operations downstream (``ReLU(inplace=True)``) from
-    changing the captured feature map; gradients still flow back through it.
+    changing the captured feature map; gradients still flow back through it. Maps
+    ``(B, K, h, w)`` (or Swin's ``(B, h, w, K)``) and ViT tokens ``(B, T, D)`` are kept;
+    :func:`to_grid` puts them on their grid afterwards.
     """
 
     def hook(_module, _inputs, output):
         import torch
 
-        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+        if not isinstance(output, torch.Tensor) or output.ndim not in (3, 4):
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
             raise LayerError(
-                f"Grad-CAM needs a feature map (B, K, h, w), but layer {layer!r} "
-                f"returns {shape}; choose a convolutional layer"
+                f"Grad-CAM needs a feature map (B, K, h, w) or ViT tokens (B, T, D), but "
+                f"layer {layer!r} returns {shape}; choose a convolutional layer or a ViT block"
             )
         captured["out"] = output
         return output.clone()

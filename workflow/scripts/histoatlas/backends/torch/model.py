@@ -18,6 +18,7 @@ from histoatlas import runtime
 from histoatlas.backends.base import PRECISIONS, LoadedModel
 from histoatlas.backends.torch.forward import HookedForward, pipelined_batches
 from histoatlas.backends.torch.gradients import TorchGradients
+from histoatlas.backends.torch.transform import InputTransform, model_view
 from histoatlas.errors import ConfigError
 
 
@@ -57,13 +58,14 @@ class TorchModel(LoadedModel):
         Parameters
         ----------
         images : ndarray or torch.Tensor
-            uint8 ``(B, H, W, 3)`` (or one ``(H, W, 3)`` tile) raw RGB, normalised
-            here on the device; or a floating torch tensor ``(B, 3, H, W)`` taken as
-            already preprocessed and only moved to the device.
+            uint8 ``(B, H, W, 3)`` (or one ``(H, W, 3)`` tile) raw RGB, resized and
+            cropped when params.json gives ``input_px``, then normalised, here on the
+            device; or a floating torch tensor ``(B, 3, H, W)`` taken as already
+            preprocessed (network input size) and only moved to the device.
 
         Returns
         -------
-        torch.Tensor, shape (B, 3, H, W), dtype float32
+        torch.Tensor, shape (B, 3, h, w), dtype float32
         """
         import torch
 
@@ -96,8 +98,23 @@ class TorchModel(LoadedModel):
             # pinned host memory lets the copy run asynchronously
             images = images.pin_memory()
         x = images.to(self.device, non_blocking=on_cuda).permute(0, 3, 1, 2).float()
+        x = self.input_transform(x)  # resize and crop as params.json says (input_px)
         mean, std = self._device_stats()
         return (x - mean) / std
+
+    @property
+    def input_transform(self) -> InputTransform:
+        """The resize and centre crop on the way into the network (see
+        :mod:`histoatlas.backends.torch.transform`)."""
+        transform = getattr(self, "_transform", None)
+        if transform is None:
+            transform = self._transform = InputTransform(self.params)
+        return transform
+
+    def model_view(self, images) -> np.ndarray:
+        """uint8 tiles as the network sees them: through :attr:`input_transform` (on the
+        CPU, the same operations as on the device), not normalised."""
+        return model_view(self.input_transform, images)
 
     def _device_stats(self):
         import torch
