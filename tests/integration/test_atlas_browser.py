@@ -168,7 +168,13 @@ def test_hovering_a_point_shows_its_slide_and_coords(atlas, atlas_run):
 
 
 def drag_box(atlas: AtlasPage, x0: float, x1: float, y0: float, y1: float) -> None:
-    """Drag a selection box over data coordinates [x0, x1] x [y0, y1]."""
+    """Drag a selection box over data coordinates [x0, x1] x [y0, y1], clipped to the map.
+
+    A drag must start on the scatter canvas: a box around points near the map's edge would
+    otherwise start outside it and select nothing.
+    """
+    x0, y0 = max(x0, 0.0), max(y0, 0.0)
+    x1, y1 = min(x1, 1.0), min(y1, 1.0)
     ax, ay = atlas.eval("([x, y]) => HistoAtlas.scatter.clientOfData(x, y)", [x0, y1])
     bx, by = atlas.eval("([x, y]) => HistoAtlas.scatter.clientOfData(x, y)", [x1, y0])
     atlas.page.mouse.move(ax, ay)
