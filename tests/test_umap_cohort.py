@@ -15,6 +15,8 @@ What is checked, on a synthetic cohort of per-slide files with tiles outside the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,6 +32,8 @@ from histoatlas.analysis.umap_layout import (
     streamed_layout_frame,
 )
 from histoatlas.analysis.umap_model import FittedUMAP
+from histoatlas.errors import HistoatlasError
+from histoatlas.io import slide_rows
 from histoatlas.io.slide_h5 import write_slide_h5
 from tests.test_dataset import attrs
 
@@ -213,15 +217,47 @@ def test_a_reference_map_projects_as_the_one_job_path(cohort, tmp_path):
 
 
 @pytest.mark.slow
+def test_virtual_rows_are_read_from_each_slide_file(cohort):
+    """The sample's rows, read one slide file at a time, equal HDF5's virtual reading (the
+    cohort's slide without tiles has no source in the virtual dataset)."""
+    import h5py
+
+    path = cohort["dir"] / "features.h5"
+    rows = np.sort(np.random.default_rng(1).choice(sum(SIZES), 97, replace=False))
+    with h5py.File(path, "r") as f:
+        expected = f["features"][rows]
+    got = slide_rows.read_virtual_rows(path, rows)
+    assert got.dtype == np.float32 and got.shape == (97, 16)
+    np.testing.assert_array_equal(got, expected)
+    assert slide_rows.read_virtual_rows(path, rows[:0]).shape == (0, 16)
+    with pytest.raises(ValueError, match="sorted"):
+        slide_rows.read_virtual_rows(path, rows[::-1])
+    chunks = list(slide_rows.iter_virtual_chunks(path, rows=64))
+    assert all(len(block) <= 64 for _, block in chunks)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(np.concatenate([b for _, b in chunks]), f["features"][()])
+    assert [first for first, _ in chunks][:2] == [0, 64]
+
+
+def test_a_missing_slide_file_is_named(cohort, tmp_path):
+    import shutil
+
+    for name in ["features.h5", *(p.name for p in cohort["paths"])]:
+        shutil.copy(cohort["dir"] / name, tmp_path / name)
+    (tmp_path / "s2.h5").unlink()
+    with pytest.raises(HistoatlasError, match=r"s2\.h5, which is missing.*rerun merge_dataset"):
+        slide_rows.read_virtual_rows(tmp_path / "features.h5", np.arange(3))
+
+
 def test_fit_reads_only_its_sample_and_caps_it(cohort, tmp_path, monkeypatch):
     read = []
-    original = umap_cohort.read_rows
+    original = slide_rows.read_rows
 
     def counting(path, rows, **kwargs):
-        read.append(len(rows))
+        read.append((Path(path).name, len(rows)))
         return original(path, rows, **kwargs)
 
-    monkeypatch.setattr(umap_cohort, "read_rows", counting)
+    monkeypatch.setattr(slide_rows, "read_rows", counting)
     fitted = fit_cohort(
         cohort["dir"] / "features.h5",
         model_path=tmp_path / "m.joblib",
@@ -229,7 +265,9 @@ def test_fit_reads_only_its_sample_and_caps_it(cohort, tmp_path, monkeypatch):
         max_fit_tiles=150,
         **UMAP,
     )
-    assert read == [150] and fitted.params["n_fit"] == 150  # its sample alone
+    # its sample alone, read from each slide's own file in turn
+    assert sum(n for _, n in read) == 150 and fitted.params["n_fit"] == 150
+    assert [name for name, _ in read] == sorted({name for name, _ in read})
     groups = np.repeat(cohort["slides"], SIZES)
     expected = sample_per_group(groups, 100, seed=0, max_total=150)
     tiles = cohort["dataset"].tiles.iloc[expected]

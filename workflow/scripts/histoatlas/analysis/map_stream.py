@@ -37,7 +37,12 @@ from histoatlas.analysis.raster import (
     save_raster_plot,
 )
 from histoatlas.errors import ConfigError, HistoatlasError
-from histoatlas.io.slide_rows import CHUNK_BYTES
+from histoatlas.io.slide_rows import (
+    CHUNK_BYTES,
+    iter_virtual_chunks,
+    read_virtual_rows,
+    virtual_sources,
+)
 from histoatlas.io.table_rows import iter_batches
 
 BATCH_ROWS = 1 << 16  # rows read at a time: a few MB, whatever the cohort
@@ -167,9 +172,7 @@ def _source(label, coords, tiles, features_path, n_clusters, seed, batch_rows) -
             )
         return _Source("uncertainty", preds, _entropy(preds), True)
     if label == "cluster":
-        return _cluster_source(
-            features_path, coords.num_rows, n_clusters, seed, batch_rows
-        )
+        return _cluster_source(features_path, coords.num_rows, n_clusters, seed, batch_rows)
     if label not in names or label == "label":
         available = ", ".join(dict.fromkeys(coords.schema_arrow.names + names))
         raise HistoatlasError(f"no column {label!r} to label the map by; have: {available}")
@@ -233,32 +236,25 @@ def cluster_ids(
     ndarray, shape (N,)
         0 is the largest cluster.
     """
-    import h5py
     from sklearn.cluster import KMeans
 
     if features_path is None:
         raise HistoatlasError("clustering needs the activations (the dataset's features.h5)")
-    with h5py.File(features_path, "r") as f:
-        features = f["features"]
-        n, width = features.shape
-        if not 1 <= n_clusters <= n:
-            raise ConfigError(
-                f"n_clusters={n_clusters} must lie in [1, {n}] (the number of points)"
-            )
-        ids = np.empty(n, dtype=np.int32) if out is None else out
-        cap = min(CLUSTER_FIT_ROWS, max(n_clusters, CLUSTER_FIT_BYTES // (4 * max(width, 1))))
-        if n > cap:
-            rows = np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
-            sample = features[rows]
-        else:
-            sample = features[()]
-        model = KMeans(n_clusters=n_clusters, random_state=seed, n_init="auto")
-        model.fit(_checked(sample, features_path))
-        del sample
-        step = max(1, min(batch_rows, CHUNK_BYTES // (4 * max(width, 1))))
-        for start in range(0, n, step):
-            block = _checked(features[start : start + step], features_path)
-            ids[start : start + step] = model.predict(block)
+    n, width, _ = virtual_sources(features_path)
+    if not 1 <= n_clusters <= n:
+        raise ConfigError(f"n_clusters={n_clusters} must lie in [1, {n}] (the number of points)")
+    ids = np.empty(n, dtype=np.int32) if out is None else out
+    cap = min(CLUSTER_FIT_ROWS, max(n_clusters, CLUSTER_FIT_BYTES // (4 * max(width, 1))))
+    rows = np.arange(n)
+    if n > cap:
+        rows = np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+    sample = read_virtual_rows(features_path, rows)  # one slide file open at a time
+    model = KMeans(n_clusters=n_clusters, random_state=seed, n_init="auto")
+    model.fit(_checked(sample, features_path))
+    del sample
+    step = max(1, min(batch_rows, CHUNK_BYTES // (4 * max(width, 1))))
+    for start, block in iter_virtual_chunks(features_path, rows=step):
+        ids[start : start + len(block)] = model.predict(_checked(block, features_path))
     # renumber by size so the ids do not depend on k-means' arbitrary order
     counts = np.bincount(ids, minlength=n_clusters)
     rank = np.empty(n_clusters, dtype=np.int64)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
+from histoatlas.errors import HistoatlasError
 from histoatlas.io.slide_h5 import open_slide_h5
 
 # bytes of float32 activations read at once (rows = CHUNK_BYTES / (4 F))
@@ -102,3 +104,89 @@ def feature_mean(path: str | os.PathLike) -> np.ndarray:
     for _, block in iter_feature_chunks(path):
         total += block.sum(axis=0, dtype=np.float64)
     return (total / n).astype(np.float32)
+
+
+def virtual_sources(path: str | os.PathLike) -> tuple[int, int, list[tuple[int, Path, str]]]:
+    """Where the rows of a dataset's virtual ``features`` live.
+
+    Reading a virtual dataset through HDF5 opens every source file it touches and keeps
+    them open, each with its own metadata and chunk caches, until the dataset is closed:
+    a sample from 1,000 slide files took 1.1 GB more than the same sample from 100
+    (``benchmarks/README.md``, "cohort"). The readers below read the mapping once and each
+    slide's rows from its own file, which is then closed.
+
+    Parameters
+    ----------
+    path : path
+        A dataset's ``features.h5`` (``merge_dataset``'s), whose ``features`` maps rows of
+        the per-slide files; their paths are relative to its folder.
+
+    Returns
+    -------
+    n_rows, width : int
+    sources : list of (first_row, file, dataset)
+        In row order; a slide without tiles has none. A plain (not virtual) ``features``
+        is its own one source.
+    """
+    import h5py
+
+    folder = Path(path).parent
+    with h5py.File(path, "r") as f:
+        features = f["features"]
+        n_rows, width = features.shape
+        if features.is_virtual:
+            sources = [
+                (int(m.vspace.get_select_bounds()[0][0]), folder / m.file_name, m.dset_name)
+                for m in features.virtual_sources()
+            ]
+        else:  # a plain dataset (an empty cohort's, or one written whole): its own source
+            sources = [(0, Path(path), "features")] if n_rows else []
+    for _, file, _ in sources:
+        if not file.exists():
+            raise HistoatlasError(
+                f"{path} points to {file}, which is missing: a per-slide file has moved or "
+                "been deleted since the dataset was merged; rerun merge_dataset"
+            )
+    return int(n_rows), int(width), sorted(sources)
+
+
+def read_virtual_rows(path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
+    """Chosen rows of the dataset's virtual ``features``, one slide file open at a time.
+
+    Parameters
+    ----------
+    path : path
+        A dataset's ``features.h5`` (see :func:`virtual_sources`).
+    rows : ndarray of int, shape (M,)
+        Sorted, unique row indices of the virtual dataset.
+
+    Returns
+    -------
+    ndarray, shape (M, width), dtype float32
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) > 1 and (np.diff(rows) <= 0).any():
+        raise ValueError("rows must be sorted and unique")
+    _, width, sources = virtual_sources(path)
+    out = np.empty((len(rows), width), dtype=np.float32)
+    if not sources:
+        return out
+    owner = np.searchsorted([s for s, _, _ in sources], rows, side="right") - 1
+    for k in np.unique(owner):
+        start, file, dataset = sources[k]
+        picked = owner == k
+        out[picked] = read_rows(file, rows[picked] - start, dataset=dataset)
+    return out
+
+
+def iter_virtual_chunks(
+    path: str | os.PathLike, *, rows: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first_row, block)`` over the dataset's virtual ``features``, file by file.
+
+    Blocks never span two slides' files (:func:`iter_feature_chunks` of each in turn), so
+    one file is open at a time; ``first_row`` is the block's row in the virtual dataset.
+    """
+    for start, file, _ in virtual_sources(path)[2]:
+        for first, block in iter_feature_chunks(file, rows=rows):
+            yield start + first, block
