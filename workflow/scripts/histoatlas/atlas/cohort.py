@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from histoatlas.analysis.dataset import DatasetFeatures
+from histoatlas.analysis.map_stream import cluster_ids
 from histoatlas.analysis.slidemap import SlideMap
 from histoatlas.atlas.build import AtlasSettings, build_atlas
 from histoatlas.atlas.labels import cohort_labels
@@ -89,15 +90,16 @@ def build_cohort_atlas(
     """
     settings = settings or AtlasSettings()
     slide_table = pd.read_parquet(files.slides)
-    if "cluster" in labels:  # k-means needs the activations
-        dataset = DatasetFeatures.from_files(
-            tiles=files.tiles, slides=files.slides, features=files.features
-        )
-        slide_map = SlideMap.load(files.coords, dataset=dataset)
-    else:
-        tiles = pd.read_parquet(files.tiles)
-        slide_map = SlideMap.load(files.coords, tiles=tiles, slides=slide_table)
-    values = cohort_labels(slide_map, labels, n_clusters=n_clusters or 8, seed=settings.seed)
+    tiles = pd.read_parquet(files.tiles)
+    slide_map = SlideMap.load(files.coords, tiles=tiles, slides=slide_table)
+    others = [name for name in labels if name != "cluster"]
+    values = cohort_labels(slide_map, others, n_clusters=n_clusters or 8, seed=settings.seed)
+    if "cluster" in labels:
+        # the clusters of umap_cluster.png (map_stream.cluster_ids: k-means on a capped
+        # sample, rows assigned slide file by slide file), never every activation at once
+        ids = cluster_ids(files.features, n_clusters or 8, seed=settings.seed)
+        values["cluster"] = ids.astype(np.int64)
+        values = {name: values[name] for name in dict.fromkeys(labels)}
     with atomic_output(out_dir) as tmp:
         try:
             return build_atlas(
