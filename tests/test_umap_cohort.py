@@ -276,3 +276,27 @@ def test_fit_reads_only_its_sample_and_caps_it(cohort, tmp_path, monkeypatch):
     assert sample["tile"].tolist() == tiles["tile"].tolist()
     with pytest.raises(Exception, match="frame yet"):
         FittedUMAP.load(tmp_path / "m.joblib").scale(np.zeros((1, 2)))
+
+
+def test_the_atlas_colours_by_the_plots_clusters(cohort, tmp_path):
+    """The atlas's cluster label is the streamed one of umap_cluster.png (cluster_ids), which
+    under its cap equals the one-job map's k-means; other labels come along in order."""
+    from histoatlas.analysis.map_stream import cluster_ids
+    from histoatlas.atlas.cohort import CohortFiles, map_and_labels
+
+    out = cohort["dir"]
+    files = CohortFiles(
+        coords=out / "one-job" / "coords.parquet",
+        tiles=out / "tiles.parquet",
+        slides=out / "slides.parquet",
+        features=out / "features.h5",
+        mosaic=out / "unused.parquet",
+    )
+    slide_map, values = map_and_labels(
+        files, pd.read_parquet(files.slides), ["cluster", "slide"], n_clusters=3, seed=0
+    )
+    assert list(values) == ["cluster", "slide"] and len(slide_map.data) == sum(SIZES)
+    expected = cohort["one_job"].cluster(3, seed=0)
+    np.testing.assert_array_equal(values["cluster"], expected)
+    np.testing.assert_array_equal(values["cluster"], cluster_ids(files.features, 3, seed=0))
+    assert values["slide"].tolist() == np.repeat(cohort["slides"], SIZES).tolist()

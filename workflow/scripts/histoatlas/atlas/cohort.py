@@ -90,16 +90,9 @@ def build_cohort_atlas(
     """
     settings = settings or AtlasSettings()
     slide_table = pd.read_parquet(files.slides)
-    tiles = pd.read_parquet(files.tiles)
-    slide_map = SlideMap.load(files.coords, tiles=tiles, slides=slide_table)
-    others = [name for name in labels if name != "cluster"]
-    values = cohort_labels(slide_map, others, n_clusters=n_clusters or 8, seed=settings.seed)
-    if "cluster" in labels:
-        # the clusters of umap_cluster.png (map_stream.cluster_ids: k-means on a capped
-        # sample, rows assigned slide file by slide file), never every activation at once
-        ids = cluster_ids(files.features, n_clusters or 8, seed=settings.seed)
-        values["cluster"] = ids.astype(np.int64)
-        values = {name: values[name] for name in dict.fromkeys(labels)}
+    slide_map, values = map_and_labels(
+        files, slide_table, labels, n_clusters=n_clusters or 8, seed=settings.seed
+    )
     with atomic_output(out_dir) as tmp:
         try:
             return build_atlas(
@@ -117,3 +110,21 @@ def build_cohort_atlas(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def map_and_labels(
+    files: CohortFiles, slide_table: pd.DataFrame, labels: Sequence[str], *, n_clusters, seed
+) -> tuple[SlideMap, dict[str, np.ndarray]]:
+    """The cohort's map (coordinates and tiles table) and each label's value per point.
+
+    ``cluster`` is that of ``umap_cluster.png`` (:func:`map_stream.cluster_ids`: k-means
+    on a capped sample, rows assigned slide file by slide file), never every activation
+    in memory at once: a 10^7-tile cohort's ``features.h5`` is 30 GB.
+    """
+    tiles = pd.read_parquet(files.tiles)
+    slide_map = SlideMap.load(files.coords, tiles=tiles, slides=slide_table)
+    others = [name for name in labels if name != "cluster"]
+    values = cohort_labels(slide_map, others, n_clusters=n_clusters, seed=seed)
+    if "cluster" in labels:
+        values["cluster"] = cluster_ids(files.features, n_clusters, seed=seed).astype(np.int64)
+    return slide_map, {name: values[name] for name in dict.fromkeys(labels)}
