@@ -34,7 +34,6 @@ def model_dir() -> Path:
     """The demo CNN with a 1,536-way head, in a model directory (seeded weights)."""
     import torch
 
-    from histoatlas.backends.params import ModelParams
     from histoatlas.backends.torch.architectures import demo_cnn
 
     folder = OUT / f"model_demo_cnn_{WIDTH}"
@@ -44,14 +43,17 @@ def model_dir() -> Path:
     torch.manual_seed(0)
     kwargs = {"num_classes": WIDTH, "width": 8}
     torch.save(demo_cnn(**kwargs).state_dict(), folder / "weights.pt")
-    ModelParams(
-        architecture="demo_cnn", architecture_kwargs=kwargs, tile_px=TILE_PX, tile_um=TILE_UM
-    ).to_json(folder / "params.json")
+    # the keys every version reads (a newer ModelParams writes keys an older one refuses)
+    params = {"architecture": "demo_cnn", "architecture_kwargs": kwargs}
+    params |= {"tile_px": TILE_PX, "tile_um": TILE_UM}
+    (folder / "params.json").write_text(json.dumps(params))
     return folder
 
 
 def child(what: str, slide: str, model: str, out: str) -> dict:
-    """In this process: the model alone, or the whole extraction."""
+    """In this process: the model alone, or the whole extraction, with the code of the tree
+    in ``HISTOATLAS_TREE`` (ahead of the one ``common`` puts first on the path)."""
+    sys.path.insert(0, os.environ["HISTOATLAS_TREE"])
     if what == "model":
         import numpy as np
 
@@ -59,7 +61,7 @@ def child(what: str, slide: str, model: str, out: str) -> dict:
 
         features = Features(model, ["output"], include_preds=False)
         tiles = np.random.default_rng(0).integers(0, 255, (32, TILE_PX, TILE_PX, 3), np.uint8)
-        return {"width": int(features(tiles).shape[1])}
+        return {"width": int(features(tiles).shape[1]), "code": _code()}
     from histoatlas.analysis.extract import FeatureOptions, RunOptions, extract_slide
     from histoatlas.io.tiling import TileOptions
 
@@ -71,12 +73,19 @@ def child(what: str, slide: str, model: str, out: str) -> dict:
         features=FeatureOptions(layers=("output",), include_preds=False),
         run=RunOptions(num_workers=2, progress_every=60),
     )
-    return {"n_kept": qc["n_kept"], "seconds": qc["seconds_total"]}
+    return {"n_kept": qc["n_kept"], "seconds": qc["seconds_total"], "code": _code()}
+
+
+def _code() -> str:
+    """Where the histoatlas this process ran came from."""
+    import histoatlas
+
+    return str(Path(histoatlas.__file__).parent.parent)
 
 
 def measure(what: str, slide, model, out, tree: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", what, str(slide), str(model), str(out)]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env = {**os.environ, "HISTOATLAS_TREE": str(tree)}
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     text = proc.stdout.read()
@@ -112,7 +121,7 @@ def main() -> None:
         print(
             f"extract ({name}): {r['n_kept']:,} tiles x {WIDTH} in {r['seconds']:.0f} s, peak "
             f"{r['peak_mib']:.0f} MiB = {above:.0f} MiB above the model alone (the file: "
-            f"{size:.0f} MiB)  [load {load()}]",
+            f"{size:.0f} MiB; code from {r['code']})  [load {load()}]",
             flush=True,
         )
         figures[name] = {**r, "above_model_mib": above}
