@@ -27,31 +27,20 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import OUT, header, load
+from common import OUT, ROOT, header
+from figures import FIGURES, say
 
-LAUNCH_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--no-first-run",
-]
-FIGURES: dict = {}
+sys.path.insert(0, str(ROOT))  # the tests' browser set-up: one list of Chromium flags
+from tests.browser import LAUNCH_ARGS  # noqa: E402
+
 SLIDE_PX = 4096
 PATCH = 224  # level-0 px per tile (112 um at 0.5 um/px)
-
-
-def say(key: str, text: str, value) -> None:
-    print(f"{key}: {text}  [load {load()}]", flush=True)
-    FIGURES[key] = value
 
 
 def write_slides(folder: Path) -> list[Path]:

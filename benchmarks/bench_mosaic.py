@@ -14,14 +14,8 @@ import json
 import time
 
 import numpy as np
-from common import OUT, Timer, benchmark_slide, header, load, machine
-
-FIGURES: dict = {}
-
-
-def say(key: str, text: str, value) -> None:
-    print(f"{key}: {text}  [load {load()}]", flush=True)
-    FIGURES[key] = value
+from common import OUT, Timer, benchmark_slide, header, machine
+from figures import FIGURES, say
 
 
 def selection(sizes: list[int], repeat: int) -> None:

@@ -35,15 +35,10 @@ from collections import namedtuple
 
 import numpy as np
 from common import OUT, TESTDATA, Timer, benchmark_slide, header, load, machine, model_dir
+from figures import FIGURES, say
 
-FIGURES: dict = {}
 SUMMARY: list[str] = []
 Batch = namedtuple("Batch", "tiles")
-
-
-def say(key: str, text: str, value) -> None:
-    print(f"{key}: {text}  [load {load()}]", flush=True)
-    FIGURES[key] = value
 
 
 # -- 1. reading, one core ----------------------------------------------------------------
