@@ -226,13 +226,13 @@ def test_virtual_rows_are_read_from_each_slide_file(cohort):
     rows = np.sort(np.random.default_rng(1).choice(sum(SIZES), 97, replace=False))
     with h5py.File(path, "r") as f:
         expected = f["features"][rows]
-    got = slide_rows.read_virtual_rows(path, rows)
+    got = slide_rows.VirtualFeatures.open(path).read_rows(rows)
     assert got.dtype == np.float32 and got.shape == (97, 16)
     np.testing.assert_array_equal(got, expected)
-    assert slide_rows.read_virtual_rows(path, rows[:0]).shape == (0, 16)
+    assert slide_rows.VirtualFeatures.open(path).read_rows(rows[:0]).shape == (0, 16)
     with pytest.raises(ValueError, match="sorted"):
-        slide_rows.read_virtual_rows(path, rows[::-1])
-    chunks = list(slide_rows.iter_virtual_chunks(path, rows=64))
+        slide_rows.VirtualFeatures.open(path).read_rows(rows[::-1])
+    chunks = list(slide_rows.VirtualFeatures.open(path).iter_chunks(rows=64))
     assert all(len(block) <= 64 for _, block in chunks)
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(np.concatenate([b for _, b in chunks]), f["features"][()])
@@ -246,7 +246,7 @@ def test_a_missing_slide_file_is_named(cohort, tmp_path):
         shutil.copy(cohort["dir"] / name, tmp_path / name)
     (tmp_path / "s2.h5").unlink()
     with pytest.raises(HistoatlasError, match=r"s2\.h5, which is missing.*rerun merge_dataset"):
-        slide_rows.read_virtual_rows(tmp_path / "features.h5", np.arange(3))
+        slide_rows.VirtualFeatures.open(tmp_path / "features.h5")
 
 
 def test_fit_reads_only_its_sample_and_caps_it(cohort, tmp_path, monkeypatch):

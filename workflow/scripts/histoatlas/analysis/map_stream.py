@@ -37,12 +37,7 @@ from histoatlas.analysis.raster import (
     save_raster_plot,
 )
 from histoatlas.errors import ConfigError, HistoatlasError
-from histoatlas.io.slide_rows import (
-    CHUNK_BYTES,
-    iter_virtual_chunks,
-    read_virtual_rows,
-    virtual_sources,
-)
+from histoatlas.io.slide_rows import CHUNK_BYTES, VirtualFeatures
 from histoatlas.io.table_rows import iter_batches
 
 BATCH_ROWS = 1 << 16  # rows read at a time: a few MB, whatever the cohort
@@ -240,7 +235,8 @@ def cluster_ids(
 
     if features_path is None:
         raise HistoatlasError("clustering needs the activations (the dataset's features.h5)")
-    n, width, _ = virtual_sources(features_path)
+    data = VirtualFeatures.open(features_path)
+    n, width = data.n_rows, data.width
     if not 1 <= n_clusters <= n:
         raise ConfigError(f"n_clusters={n_clusters} must lie in [1, {n}] (the number of points)")
     ids = np.empty(n, dtype=np.int32) if out is None else out
@@ -248,12 +244,12 @@ def cluster_ids(
     rows = np.arange(n)
     if n > cap:
         rows = np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
-    sample = read_virtual_rows(features_path, rows)  # one slide file open at a time
+    sample = data.read_rows(rows)  # one slide file open at a time
     model = KMeans(n_clusters=n_clusters, random_state=seed, n_init="auto")
     model.fit(_checked(sample, features_path))
     del sample
     step = max(1, min(batch_rows, CHUNK_BYTES // (4 * max(width, 1))))
-    for start, block in iter_virtual_chunks(features_path, rows=step):
+    for start, block in data.iter_chunks(rows=step):
         ids[start : start + len(block)] = model.predict(_checked(block, features_path))
     # renumber by size so the ids do not depend on k-means' arbitrary order
     counts = np.bincount(ids, minlength=n_clusters)

@@ -37,7 +37,7 @@ from histoatlas.analysis.umap_model import FittedUMAP
 from histoatlas.atomic import atomic_output
 from histoatlas.errors import EmptyDatasetError, HistoatlasError
 from histoatlas.io.slide_h5 import open_slide_h5
-from histoatlas.io.slide_rows import iter_feature_chunks, read_virtual_rows
+from histoatlas.io.slide_rows import VirtualFeatures, iter_feature_chunks
 from histoatlas.io.table_rows import iter_batches
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,8 @@ def fit_cohort(
         counts, max_tiles_per_slide, seed=fit_kwargs.get("random_state", 0), max_total=max_fit_tiles
     )
     starts = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
-    train = read_virtual_rows(
-        features_path, np.concatenate([s + r for s, r in zip(starts, rows, strict=True)])
+    train = VirtualFeatures.open(features_path).read_rows(
+        np.concatenate([s + r for s, r in zip(starts, rows, strict=True)])
     )
     fitted = fit_model(
         train,

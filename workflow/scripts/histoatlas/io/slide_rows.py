@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -106,87 +107,73 @@ def feature_mean(path: str | os.PathLike) -> np.ndarray:
     return (total / n).astype(np.float32)
 
 
-def virtual_sources(path: str | os.PathLike) -> tuple[int, int, list[tuple[int, Path, str]]]:
-    """Where the rows of a dataset's virtual ``features`` live.
+@dataclass(frozen=True)
+class VirtualFeatures:
+    """A dataset's virtual ``features``: where its rows live, read one slide file at a time.
 
     Reading a virtual dataset through HDF5 opens every source file it touches and keeps
     them open, each with its own metadata and chunk caches, until the dataset is closed:
     a sample from 1,000 slide files took 1.1 GB more than the same sample from 100
-    (``benchmarks/README.md``, "cohort"). The readers below read the mapping once and each
-    slide's rows from its own file, which is then closed.
+    (``benchmarks/README.md``, "cohort"). This reads the mapping once (:meth:`open`) and
+    each slide's rows from its own file, which is then closed.
 
-    Parameters
+    Attributes
     ----------
-    path : path
-        A dataset's ``features.h5`` (``merge_dataset``'s), whose ``features`` maps rows of
-        the per-slide files; their paths are relative to its folder.
-
-    Returns
-    -------
     n_rows, width : int
-    sources : list of (first_row, file, dataset)
+        The virtual dataset's shape.
+    sources : tuple of (first_row, file, dataset)
         In row order; a slide without tiles has none. A plain (not virtual) ``features``
         is its own one source.
     """
-    import h5py
 
-    folder = Path(path).parent
-    with h5py.File(path, "r") as f:
-        features = f["features"]
-        n_rows, width = features.shape
-        if features.is_virtual:
-            sources = [
-                (int(m.vspace.get_select_bounds()[0][0]), folder / m.file_name, m.dset_name)
-                for m in features.virtual_sources()
-            ]
-        else:  # a plain dataset (an empty cohort's, or one written whole): its own source
-            sources = [(0, Path(path), "features")] if n_rows else []
-    for _, file, _ in sources:
-        if not file.exists():
-            raise HistoatlasError(
-                f"{path} points to {file}, which is missing: a per-slide file has moved or "
-                "been deleted since the dataset was merged; rerun merge_dataset"
-            )
-    return int(n_rows), int(width), sorted(sources)
+    n_rows: int
+    width: int
+    sources: tuple[tuple[int, Path, str], ...]
 
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> VirtualFeatures:
+        """Read the mapping of a dataset's ``features.h5`` (``merge_dataset``'s), whose
+        source paths are relative to its folder; a missing source file is named."""
+        import h5py
 
-def read_virtual_rows(path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
-    """Chosen rows of the dataset's virtual ``features``, one slide file open at a time.
+        folder = Path(path).parent
+        with h5py.File(path, "r") as f:
+            features = f["features"]
+            n_rows, width = features.shape
+            if features.is_virtual:
+                sources = [
+                    (int(m.vspace.get_select_bounds()[0][0]), folder / m.file_name, m.dset_name)
+                    for m in features.virtual_sources()
+                ]
+            else:  # a plain dataset (an empty cohort's, or one written whole)
+                sources = [(0, Path(path), "features")] if n_rows else []
+        for _, file, _ in sources:
+            if not file.exists():
+                raise HistoatlasError(
+                    f"{path} points to {file}, which is missing: a per-slide file has moved "
+                    "or been deleted since the dataset was merged; rerun merge_dataset"
+                )
+        return cls(int(n_rows), int(width), tuple(sorted(sources)))
 
-    Parameters
-    ----------
-    path : path
-        A dataset's ``features.h5`` (see :func:`virtual_sources`).
-    rows : ndarray of int, shape (M,)
-        Sorted, unique row indices of the virtual dataset.
-
-    Returns
-    -------
-    ndarray, shape (M, width), dtype float32
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) > 1 and (np.diff(rows) <= 0).any():
-        raise ValueError("rows must be sorted and unique")
-    _, width, sources = virtual_sources(path)
-    out = np.empty((len(rows), width), dtype=np.float32)
-    if not sources:
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Chosen rows (sorted, unique indices of the virtual dataset), as float32."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) > 1 and (np.diff(rows) <= 0).any():
+            raise ValueError("rows must be sorted and unique")
+        out = np.empty((len(rows), self.width), dtype=np.float32)
+        starts = [start for start, _, _ in self.sources]
+        # rows are sorted, so each source's rows are one run of them
+        bounds = np.searchsorted(rows, starts[1:] + [self.n_rows])
+        first = 0
+        for (start, file, dataset), stop in zip(self.sources, bounds, strict=True):
+            if stop > first:
+                out[first:stop] = read_rows(file, rows[first:stop] - start, dataset=dataset)
+            first = stop
         return out
-    owner = np.searchsorted([s for s, _, _ in sources], rows, side="right") - 1
-    for k in np.unique(owner):
-        start, file, dataset = sources[k]
-        picked = owner == k
-        out[picked] = read_rows(file, rows[picked] - start, dataset=dataset)
-    return out
 
-
-def iter_virtual_chunks(
-    path: str | os.PathLike, *, rows: int | None = None
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(first_row, block)`` over the dataset's virtual ``features``, file by file.
-
-    Blocks never span two slides' files (:func:`iter_feature_chunks` of each in turn), so
-    one file is open at a time; ``first_row`` is the block's row in the virtual dataset.
-    """
-    for start, file, _ in virtual_sources(path)[2]:
-        for first, block in iter_feature_chunks(file, rows=rows):
-            yield start + first, block
+    def iter_chunks(self, *, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first_row, block)`` over every row, file by file: blocks never span two
+        slides' files, and ``first_row`` is the block's row in the virtual dataset."""
+        for start, file, _ in self.sources:
+            for first, block in iter_feature_chunks(file, rows=rows):
+                yield start + first, block
