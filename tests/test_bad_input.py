@@ -185,6 +185,15 @@ def test_stale_partials_stay_when_the_write_fails(tmp_path):
     assert remove_stale_partials(out) == [dead] and not dead.exists()
 
 
+def test_a_folder_output_is_removed_when_its_write_fails(tmp_path):
+    out = tmp_path / "atlas"
+    with pytest.raises(RuntimeError, match="disk full"), atomic_output(out) as tmp:
+        (tmp / "data").mkdir(parents=True)
+        (tmp / "data" / "meta.js").write_text("half")
+        raise RuntimeError("disk full")  # the job's own error, not one from the clean-up
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_readers_of_a_feature_folder_skip_partial_files(tmp_path):
     write_h5(tmp_path / "s1.h5", "s1", 5)
     write_h5(tmp_path / "s2.h5", "s2", 3)

@@ -69,12 +69,17 @@ def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
         if pid == os.getpid() or _process_alive(pid):
             continue
         with contextlib.suppress(OSError):
-            if candidate.is_dir() and not candidate.is_symlink():
-                shutil.rmtree(candidate)
-            else:
-                candidate.unlink()
+            _remove(candidate)
             removed.append(candidate)
     return removed
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, or a folder with what it holds (a directory output)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _process_alive(pid: int) -> bool:
@@ -99,8 +104,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     Yields
     ------
     Path
-        Where to write. Removed if the block raises. After the rename, temporary files
-        of the same output left by killed jobs are removed (:func:`remove_stale_partials`).
+        Where to write: a file or a folder. Removed if the block raises. After the
+        rename, temporary files of the same output left by killed jobs are removed
+        (:func:`remove_stale_partials`).
 
     Examples
     --------
@@ -115,7 +121,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            _remove(tmp)
         raise
     with contextlib.suppress(OSError):
         remove_stale_partials(path)

@@ -9,7 +9,6 @@ atlas folder atomically (built under a temporary name, renamed when complete).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -94,22 +93,18 @@ def build_cohort_atlas(
         files, slide_table, labels, n_clusters=n_clusters or 8, seed=settings.seed
     )
     with atomic_output(out_dir) as tmp:
-        try:
-            return build_atlas(
-                tmp,
-                points=slide_map.data,
-                labels=values,
-                slides=slide_table,
-                mosaic=pd.read_parquet(files.mosaic),
-                mosaic_cols=mosaic_cols,
-                saliency=pd.read_csv(files.saliency) if files.saliency else None,
-                cohort=cohort,
-                settings=settings,
-                num_workers=num_workers,
-            )
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        return build_atlas(
+            tmp,
+            points=slide_map.data,
+            labels=values,
+            slides=slide_table,
+            mosaic=pd.read_parquet(files.mosaic),
+            mosaic_cols=mosaic_cols,
+            saliency=pd.read_csv(files.saliency) if files.saliency else None,
+            cohort=cohort,
+            settings=settings,
+            num_workers=num_workers,
+        )
 
 
 def map_and_labels(
