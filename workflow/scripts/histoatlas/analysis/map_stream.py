@@ -26,6 +26,7 @@ from histoatlas.analysis.plotting import (
     UNIT_LIMITS,
     category_order,
     qualitative_colours,
+    save_figure,
 )
 from histoatlas.analysis.raster import (
     RasterScatter,
@@ -34,10 +35,9 @@ from histoatlas.analysis.raster import (
     continuous_legend,
     marker_style,
     raster_figure,
-    save_raster_plot,
 )
 from histoatlas.errors import ConfigError, HistoatlasError
-from histoatlas.io.slide_rows import CHUNK_BYTES, VirtualFeatures
+from histoatlas.io.slide_rows import VirtualFeatures, chunk_rows
 from histoatlas.io.table_rows import iter_batches
 
 BATCH_ROWS = 1 << 16  # rows read at a time: a few MB, whatever the cohort
@@ -109,7 +109,7 @@ def plot_label(
             title=title,
             unit=scan.unit,
         )
-        save_raster_plot(png_path, fig)
+        save_figure(fig, png_path)
     return raster.seen
 
 
@@ -135,14 +135,12 @@ class _Source:
     columns: list[str]
     values: Any  # (tiles piece, first row) -> Series
     float_kind: bool = False
-    clusters: np.ndarray | None = None
     _tmp: Any = None
 
     def __enter__(self) -> _Source:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.clusters = None
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -197,7 +195,7 @@ def _cluster_source(features_path, n, n_clusters, seed, batch_rows) -> _Source:
         tmp.cleanup()
         raise
     source = _Source("cluster", [], lambda t, start: pd.Series(ids[start : start + len(t)]))
-    source.clusters, source._tmp = ids, tmp
+    source._tmp = tmp
     return source
 
 
@@ -240,7 +238,7 @@ def cluster_ids(
     if not 1 <= n_clusters <= n:
         raise ConfigError(f"n_clusters={n_clusters} must lie in [1, {n}] (the number of points)")
     ids = np.empty(n, dtype=np.int32) if out is None else out
-    cap = min(CLUSTER_FIT_ROWS, max(n_clusters, CLUSTER_FIT_BYTES // (4 * max(width, 1))))
+    cap = min(CLUSTER_FIT_ROWS, max(n_clusters, chunk_rows(width, chunk_bytes=CLUSTER_FIT_BYTES)))
     rows = np.arange(n)
     if n > cap:
         rows = np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
@@ -248,7 +246,7 @@ def cluster_ids(
     model = KMeans(n_clusters=n_clusters, random_state=seed, n_init="auto")
     model.fit(_checked(sample, features_path))
     del sample
-    step = max(1, min(batch_rows, CHUNK_BYTES // (4 * max(width, 1))))
+    step = min(batch_rows, chunk_rows(width))
     for start, block in data.iter_chunks(rows=step):
         ids[start : start + len(block)] = model.predict(_checked(block, features_path))
     # renumber by size so the ids do not depend on k-means' arbitrary order

@@ -21,7 +21,7 @@ import pandas as pd
 from histoatlas.atomic import atomic_output
 from histoatlas.errors import HistoatlasError
 from histoatlas.io.sheet import label_columns
-from histoatlas.io.slide_h5 import open_slide_h5, read_slide_attrs
+from histoatlas.io.slide_h5 import open_slide_h5, slide_attrs
 from histoatlas.io.slide_rows import feature_mean
 
 TILE_KEYS = ["slide", "tile", "x", "y", "grid_i", "grid_j"]
@@ -85,7 +85,7 @@ def merge_dataset(
                     writer = pq.ParquetWriter(tmp, _tiles_schema(table, sheet, labels))
                 writer.write_table(_to_arrow(table, writer.schema))
                 slides.append(_slide_row(row, parts, labels))
-                slide_means.append(feature_mean(path))
+                slide_means.append(parts.mean)
                 sources.append((Path(path), parts.n, parts.width))
         finally:
             if writer is not None:
@@ -99,7 +99,8 @@ def merge_dataset(
 
 @dataclass
 class _SlideKeys:
-    """What the tables need of one slide file: everything but its activations."""
+    """What the dataset needs of one slide file: everything but its activations, and
+    their mean (all read in one open of the file)."""
 
     attrs: dict
     coords: np.ndarray
@@ -107,18 +108,20 @@ class _SlideKeys:
     predictions: np.ndarray | None
     n: int
     width: int
+    mean: np.ndarray
 
 
 def _read_keys(path) -> _SlideKeys:
     with open_slide_h5(path, ("features", "coords", "grid")) as f:
         predictions = f["predictions"][()].astype(np.float32) if "predictions" in f else None
         return _SlideKeys(
-            attrs=read_slide_attrs(path),
+            attrs=slide_attrs(f),
             coords=f["coords"][()].astype(np.int64, copy=False),
             grid=f["grid"][()].astype(np.int32, copy=False),
             predictions=predictions,
             n=int(f["features"].shape[0]),
             width=int(f["features"].shape[1]),
+            mean=feature_mean(f["features"]),
         )
 
 

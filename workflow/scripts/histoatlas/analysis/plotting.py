@@ -71,6 +71,15 @@ def qualitative_colours(n: int) -> list:
     return [colormaps["hsv"](k / n) for k in range(n)]
 
 
+def marker_defaults(n: int) -> tuple[float, float]:
+    """Marker area (points²) and opacity for a scatter of ``n`` points: ``30000 / n``
+    clipped to [0.5, 30] and ``3000 / n`` clipped to [0.15, 1], so that a dense map stays
+    readable."""
+    s = float(np.clip(30_000 / max(n, 1), 0.5, 30))
+    alpha = float(np.clip(3_000 / max(n, 1), 0.15, 1.0))
+    return s, alpha
+
+
 def plot_umap(
     coords: np.ndarray,
     labels: Sequence | pd.Series | None = None,
@@ -132,8 +141,9 @@ def plot_umap(
     ax = plt.gca() if ax is None else ax
     shown = np.random.default_rng(seed).permutation(len(coords))[:max_points]
     m = len(shown)
-    s = float(np.clip(30_000 / max(m, 1), 0.5, 30)) if s is None else s
-    alpha = float(np.clip(3_000 / max(m, 1), 0.15, 1.0)) if alpha is None else alpha
+    default_s, default_alpha = marker_defaults(m)
+    s = default_s if s is None else s
+    alpha = default_alpha if alpha is None else alpha
     xy = coords[shown]
     style = {"s": s, "alpha": alpha, "linewidths": 0, "rasterized": True, **scatter_kwargs}
     if labels is None:

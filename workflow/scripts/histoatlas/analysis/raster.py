@@ -12,7 +12,6 @@ over points without one (a scatter draws those first, underneath).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +23,7 @@ from histoatlas.analysis.plotting import (
     colour_bar,
     figure_axes,
     frame_axes,
-    save_figure,
+    marker_defaults,
 )
 
 _LABELLED = np.uint64(1 << 63)
@@ -34,8 +33,7 @@ def marker_style(n: int, dpi: int) -> tuple[float, float]:
     """``(radius_px, alpha)`` of a point among ``n``: the scatter plot's marker size and
     opacity (``s = 30000 / n`` points², clipped to [0.5, 30]; alpha ``3000 / n`` in
     [0.15, 1]) in pixels at ``dpi``."""
-    s = float(np.clip(30_000 / max(n, 1), 0.5, 30))
-    alpha = float(np.clip(3_000 / max(n, 1), 0.15, 1.0))
+    s, alpha = marker_defaults(n)
     return np.sqrt(s) * dpi / 72 / 2, alpha
 
 
@@ -151,11 +149,6 @@ def raster_figure(
     if legend is not None:
         legend(ax)
     return fig
-
-
-def save_raster_plot(path: str | os.PathLike, fig) -> None:
-    """Write the figure atomically (no software or date stamps in a PNG)."""
-    save_figure(fig, path)
 
 
 def axes_pixels(figsize=(10, 8), dpi: int = 100):

@@ -329,8 +329,13 @@ def read_slide_attrs(path: str | os.PathLike) -> dict:
     and its tile count ``n_tiles``, without reading the activations. HistoatlasError if the
     file is missing, not HDF5 or has no ``coords``."""
     with _open_slide_h5(path, ("coords",)) as f:
-        attrs = {k: _decode(k, v) for k, v in f.attrs.items()}
-        attrs["n_tiles"] = int(f["coords"].shape[0])
+        return slide_attrs(f)
+
+
+def slide_attrs(f) -> dict:
+    """:func:`read_slide_attrs` of a per-slide file that is already open (``h5py.File``)."""
+    attrs = {k: _decode(k, v) for k, v in f.attrs.items()}
+    attrs["n_tiles"] = int(f["coords"].shape[0])
     return attrs
 
 

@@ -29,13 +29,6 @@ def chunk_rows(width: int, *, chunk_bytes: int = CHUNK_BYTES) -> int:
     return max(1, chunk_bytes // (4 * max(int(width), 1)))
 
 
-def slide_size(path: str | os.PathLike) -> tuple[int, int]:
-    """``(N, F)``: the tiles and the activation width of a per-slide file, read from its
-    shapes alone."""
-    with open_slide_h5(path, ("features", "coords")) as f:
-        return int(f["features"].shape[0]), int(f["features"].shape[1])
-
-
 def iter_feature_chunks(
     path: str | os.PathLike, *, rows: int | None = None, start: int = 0, stop: int | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -90,19 +83,27 @@ def read_rows(path: str | os.PathLike, rows: np.ndarray, *, dataset: str = "feat
     return out
 
 
-def feature_mean(path: str | os.PathLike) -> np.ndarray:
+def feature_mean(features) -> np.ndarray:
     """Mean activation of a slide's tiles, accumulated in float64 over row chunks.
+
+    Parameters
+    ----------
+    features : h5py.Dataset
+        The ``features`` of a per-slide file that is open (its reader reads the rest of
+        the file in the same open).
 
     Returns
     -------
     ndarray, shape (F,), dtype float32
         NaN everywhere for a slide without tiles.
     """
-    n, width = slide_size(path)
+    n, width = features.shape
     if n == 0:
         return np.full(width, np.nan, dtype=np.float32)
     total = np.zeros(width, dtype=np.float64)
-    for _, block in iter_feature_chunks(path):
+    step = chunk_rows(width)
+    for first in range(0, n, step):
+        block = features[first : first + step].astype(np.float32, copy=False)
         total += block.sum(axis=0, dtype=np.float64)
     return (total / n).astype(np.float32)
 
