@@ -1,4 +1,5 @@
 # Config and sheet validation, wildcard constraints, and every helper function.
+import functools
 import sys
 from pathlib import Path
 
@@ -69,9 +70,10 @@ def _load_sheet():
     return sheet
 
 
+@functools.cache
 def _model_params():
     """The model's params.json (a preset's keys filled in) and its path; (None, None) for
-    the demo model before it is built."""
+    the demo model before it is built. Read once per parse of the Snakefile."""
     if USES_DEMO_MODEL and not _demo_model_built():
         return None, None
     return read_params(Path(config["model"]))
@@ -92,7 +94,7 @@ def _model_predicts():
     """False for an encoder (params.json output "embedding", as every preset): its final
     output is the embedding, so there are no predictions to plot or pick tiles by."""
     params, _ = _model_params()
-    return params is None or params.output != "embedding"
+    return params is None or params.predicts
 
 
 def _check_model():

@@ -108,7 +108,7 @@ class Features:
         self.model = model
         self.layers = _layer_list(layers)
         self.pooling = check_pooling(pooling)
-        self.include_preds = bool(include_preds) and model.params.output != "embedding"
+        self.include_preds = bool(include_preds) and model.params.predicts
         if include_preds and not self.include_preds:
             log.info(
                 f"{model.path}: an encoder (output 'embedding'), whose final output is the "

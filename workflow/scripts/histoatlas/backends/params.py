@@ -83,6 +83,12 @@ class ModelParams:
     key_conversion: str | None = None
 
     @property
+    def predicts(self) -> bool:
+        """Whether the final output gives predictions; an encoder's (``output:
+        "embedding"``) is its embedding, with nothing to plot or pick tiles by."""
+        return self.output != "embedding"
+
+    @property
     def network_px(self) -> int:
         """Edge of the network's input: ``input_px``, else ``tile_px``."""
         return int(self.input_px or self.tile_px)
