@@ -6,7 +6,6 @@ tests/integration/test_atlas_browser.py.
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -306,4 +305,4 @@ def test_cohort_atlas_is_written_atomically(synthetic, tmp_path):
         ("subtype", "categorical"),
         ("uncertainty", "continuous"),
     ]
-    assert json.loads(json.dumps(meta["settings"]))["tile_px"] == 16
+    assert meta["settings"]["tile_px"] == 16

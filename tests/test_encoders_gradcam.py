@@ -98,4 +98,7 @@ def test_swin_stage_output_becomes_a_map():
     )
     with torch.inference_mode():
         model(torch.randn(1, 3, 224, 224))
-    assert to_grid(store["act"], target).shape == (1, 768, 7, 7)
+    grid = to_grid(store["act"], target)
+    assert grid.shape == (1, 768, 7, 7)
+    # Swin's stages are channels-last: the map is a permutation, never a reshape
+    assert torch.equal(grid, store["act"].permute(0, 3, 1, 2))

@@ -18,6 +18,7 @@ from histoatlas.analysis.map_stream import cluster_ids, plot_label
 from histoatlas.analysis.plotting import MISSING_LABEL, is_categorical, plot_umap, umap_figure
 from histoatlas.analysis.slidemap import SlideMap
 from histoatlas.errors import HistoatlasError
+from tests.plot_pixels import palette_pixels
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -214,17 +215,6 @@ def test_plot_umap_script_names_a_missing_label(cohort_dirs, tmp_path, monkeypat
 # -- streamed, rasterised plots of the workflow -------------------------------------------
 
 
-def palette_counts(png, n_colours: int) -> list[int]:
-    from histoatlas.analysis.plotting import qualitative_colours
-
-    rgb = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3).astype(int)
-    counts = []
-    for colour in qualitative_colours(n_colours + 1):
-        target = np.round(np.asarray(colour[:3]) * 255).astype(int)
-        counts.append(int((np.abs(rgb - target).max(axis=1) <= 1).sum()))
-    return counts
-
-
 @pytest.mark.parametrize("label", ["subtype", "slide", "prediction", "cluster"])
 def test_streamed_plot_draws_each_category_in_its_colour(label, cohort_dirs, tmp_path):
     dataset, umap = cohort_dirs
@@ -235,7 +225,7 @@ def test_streamed_plot_draws_each_category_in_its_colour(label, cohort_dirs, tmp
     with Image.open(png) as im:
         assert im.size == (1000, 800)
     n_values = {"subtype": 2, "slide": 3, "prediction": 2, "cluster": 3}[label]
-    counts = palette_counts(png, n_values)
+    counts = palette_pixels(png, n_values)
     assert all(c > 50 for c in counts[:n_values]) and counts[n_values] == 0, counts
     # the same picture whatever the batches the tables are read in
     again = tmp_path / f"{label}-batches.png"

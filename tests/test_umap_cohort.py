@@ -56,8 +56,10 @@ def test_sample_drawn_slide_by_slide_equals_the_whole_cohort_s(max_total):
         starts = np.r_[0, np.cumsum(counts)[:-1]]
         joined = np.concatenate([s + r for s, r in zip(starts, parts, strict=True)])
         np.testing.assert_array_equal(joined, whole)
-        if max_total is not None:
-            assert len(whole) <= max_total
+        # and, apart from the two agreeing: each slide's cap, and exactly the total's
+        capped = np.minimum(counts, per_slide or counts.max(initial=0))
+        assert (np.bincount(groups[whole], minlength=len(counts)) <= capped).all()
+        assert len(whole) == min(max_total or capped.sum(), capped.sum())
 
 
 def test_streamed_frame_equals_the_in_memory_frame_bit_for_bit():
@@ -211,9 +213,11 @@ def test_a_reference_map_projects_as_the_one_job_path(cohort, tmp_path):
         coords[["umap_x", "umap_y"]].to_numpy(), expected.coords.astype(np.float32)
     )
     assert (tmp_path / "umap.joblib").read_bytes() == reference.read_bytes()
-    # one slide alone is projected exactly as in the whole cohort's call when the calls agree
+    # one slide alone: the kept map's transform of its tiles in one call, in the kept frame
     alone, _ = run_shards(cohort, tmp_path / "alone", [[3]], reference=reference)
-    assert len(alone) == SIZES[3] and alone["slide"].eq("s3").all()
+    assert alone["slide"].eq("s3").all() and alone["tile"].tolist() == list(range(SIZES[3]))
+    kept = FittedUMAP.load(reference).transform(cohort["dataset"].activations["s3"])
+    np.testing.assert_array_equal(alone[["umap_x", "umap_y"]].to_numpy(), kept.astype(np.float32))
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from tests.integration.cohort import (
     job_counts,
     snakemake,
 )
+from tests.plot_pixels import palette_pixels
 
 SLIDES, LABELS = TINY_SLIDES, TINY_LABELS
 UMAP_AND_DOWNSTREAM = {
@@ -48,18 +49,6 @@ pytestmark = pytest.mark.slow
 def dry_run(directory, *args):
     proc = snakemake(directory, "-n", *args)
     return job_counts(proc.stdout + proc.stderr), proc.stdout + proc.stderr
-
-
-def palette_pixels(png, n_colours: int) -> list[int]:
-    """Pixels of each of the first ``n_colours`` + 1 palette colours in a UMAP plot."""
-    from histoatlas.analysis.plotting import qualitative_colours
-
-    rgb = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3).astype(int)
-    counts = []
-    for colour in qualitative_colours(n_colours + 1):
-        target = np.round(np.asarray(colour[:3]) * 255).astype(int)
-        counts.append(int((np.abs(rgb - target).max(axis=1) <= 1).sum()))
-    return counts
 
 
 def pre_relu_gradcam(directory, row) -> np.ndarray:
