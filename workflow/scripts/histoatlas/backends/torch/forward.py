@@ -28,7 +28,7 @@ from histoatlas.backends.base import (
     postconv_undefined_message,
     unknown_layer_message,
 )
-from histoatlas.backends.torch.encoders.gradcam import GradCamTarget, layer_layout
+from histoatlas.backends.torch.encoders.gradcam import GradCamTarget, find_module, layer_layout
 from histoatlas.backends.torch.encoders.recipes import embed, parse_layer_selector
 from histoatlas.errors import LayerError
 from histoatlas.prefetch import prefetch
@@ -124,10 +124,9 @@ def _find(model, layer: str):
         )
     if layer == POSTCONV:
         return layer, find_classifier(model), "pre"
-    modules = dict(model.model.named_modules())
-    for name in (layer, f"backbone.{layer}"):  # an encoder's network sits under backbone.
-        if layer and name in modules:
-            return name, modules[name], "forward"
+    found = find_module(dict(model.model.named_modules()), layer)
+    if found is not None:
+        return *found, "forward"
     raise LayerError(unknown_layer_message(layer, model.layer_names()))
 
 

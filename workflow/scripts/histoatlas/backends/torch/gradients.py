@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 
 from histoatlas.backends.gradients import GradientRequest, check_class_idx
-from histoatlas.backends.torch.encoders.gradcam import gradcam_target, layer_layout, to_grid
+from histoatlas.backends.torch.encoders.gradcam import (
+    find_module,
+    gradcam_target,
+    layer_layout,
+    to_grid,
+)
 from histoatlas.errors import LayerError, ModelError
 
 _MAX_NAMES_SHOWN = 25
@@ -55,6 +60,9 @@ class TorchGradients:
         self.class_names = list(class_names or [])
         self.supports_layers = supports_layers and not isinstance(module, torch.jit.ScriptModule)
         self._default_layer: str | None = None
+        # the module tree does not change between calls: listed, and layouts found, once
+        self._named: dict[str, Any] | None = None
+        self._layouts: dict[str, Any] = {}
         if getattr(module, "training", False):
             warnings.warn(
                 "the torch module is in training mode; call model.eval() first so dropout "
@@ -82,7 +90,9 @@ class TorchGradients:
         handle = layout = None
         if request.want_conv:
             layer = self.resolve_layer(request.layer, np.asarray(x_batch[0]))
-            layout = layer_layout(self.module, layer)
+            if layer not in self._layouts:
+                self._layouts[layer] = layer_layout(self.module, layer)
+            layout = self._layouts[layer]
             handle = self._modules()[layer].register_forward_hook(_capture_hook(captured, layer))
         try:
             with torch.enable_grad():
@@ -118,7 +128,9 @@ class TorchGradients:
         return output[:, request.class_idx]
 
     def _modules(self) -> dict[str, Any]:
-        return {name: m for name, m in self.module.named_modules() if name}
+        if self._named is None:
+            self._named = {name: m for name, m in self.module.named_modules() if name}
+        return self._named
 
     def resolve_layer(self, layer: str | None, x_value: np.ndarray) -> str:
         """Check ``layer`` or find the default Grad-CAM layer (see ``GradientFunction``).
@@ -142,8 +154,9 @@ class TorchGradients:
                 "weights) instead, or a gradient method such as integrated_gradients"
             )
         modules = self._modules()
-        if layer is not None and layer not in modules and f"backbone.{layer}" in modules:
-            layer = f"backbone.{layer}"
+        found = find_module(modules, layer)
+        if found is not None:
+            layer = found[0]
         if layer is not None:
             if layer not in modules:
                 names = list(modules)

@@ -26,6 +26,16 @@ from histoatlas.errors import LayerError, ModelError
 LAYOUTS = ("tokens", "nhwc", "nchw")
 
 
+def find_module(modules: dict, name: str | None):
+    """``(full name, module)`` of the layer called ``name`` in ``named_modules()``, or
+    None: an encoder's network sits under ``backbone.``, so its layers are also found by
+    their name in the network alone (``blocks.11`` for ``backbone.blocks.11``)."""
+    for candidate in (name, f"backbone.{name}"):
+        if name and candidate in modules:
+            return candidate, modules[candidate]
+    return None
+
+
 class GradCamTarget(NamedTuple):
     """Where Grad-CAM reads activations, and their layout.
 

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from histoatlas.backends.torch.encoders.recipes import embed, find_num_prefix_tokens
-from histoatlas.errors import LayerError
 
 
 class EncoderModel(nn.Module):
@@ -56,20 +55,6 @@ class EncoderModel(nn.Module):
     def get_classifier(self) -> nn.Module:
         """The module whose input is ``postconv``: the ``embedding`` identity."""
         return self.embedding
-
-    def layer(self, name: str) -> nn.Module:
-        """The submodule called ``name``, with or without the ``backbone.`` prefix.
-
-        Raises
-        ------
-        LayerError
-            If there is none.
-        """
-        modules = dict(self.named_modules())
-        for candidate in (name, f"backbone.{name}"):
-            if candidate and candidate in modules:
-                return modules[candidate]
-        raise LayerError(f"layer {name!r} not in encoder {self.name!r}")
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, recipe={self.recipe!r}"
