@@ -311,7 +311,7 @@ def read_slide_h5(path: str | os.PathLike) -> SlideFeatures:
     >>> sf.features.shape, sf.attrs["layers"]  # doctest: +SKIP
     ((812, 64), ['postconv'])
     """
-    with _open_slide_h5(path, ("features", "coords", "grid")) as f:
+    with open_slide_h5(path, ("features", "coords", "grid")) as f:
         return SlideFeatures(
             features=f["features"][()].astype(np.float32, copy=False),
             coords=f["coords"][()].astype(np.int64, copy=False),
@@ -328,7 +328,7 @@ def read_slide_attrs(path: str | os.PathLike) -> dict:
     """The attributes of a per-slide file (decoded as :func:`read_slide_h5` decodes them)
     and its tile count ``n_tiles``, without reading the activations. HistoatlasError if the
     file is missing, not HDF5 or has no ``coords``."""
-    with _open_slide_h5(path, ("coords",)) as f:
+    with open_slide_h5(path, ("coords",)) as f:
         return slide_attrs(f)
 
 
@@ -339,7 +339,7 @@ def slide_attrs(f) -> dict:
     return attrs
 
 
-def _open_slide_h5(path: str | os.PathLike, needed: tuple[str, ...]):
+def open_slide_h5(path: str | os.PathLike, needed: tuple[str, ...] = ("features", "coords")):
     """A per-slide file open for reading, with the datasets ``needed``.
 
     Raises
@@ -388,9 +388,3 @@ def _decode(key: str, value):
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def open_slide_h5(path: str | os.PathLike, needed: tuple[str, ...] = ("features", "coords")):
-    """A per-slide file open for reading (an ``h5py.File``; use it in ``with``), checked to
-    hold the datasets ``needed``. HistoatlasError names the file otherwise."""
-    return _open_slide_h5(path, needed)

@@ -30,29 +30,19 @@ def chunk_rows(width: int, *, chunk_bytes: int = CHUNK_BYTES) -> int:
 
 
 def iter_feature_chunks(
-    path: str | os.PathLike, *, rows: int | None = None, start: int = 0, stop: int | None = None
+    path: str | os.PathLike, *, rows: int | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(first_row, block)``: consecutive float32 row blocks of ``features``.
-
-    Parameters
-    ----------
-    path : path
-        A per-slide file.
-    rows : int, optional
-        Rows per block; default :func:`chunk_rows` of the file's width.
-    start, stop : int, optional
-        Only rows ``[start, stop)``.
-
-    Yields
-    ------
-    (int, ndarray of shape (rows, F), dtype float32)
-    """
+    """Yield ``(first_row, block)``: consecutive float32 row blocks of a per-slide file's
+    ``features``, ``rows`` at a time (default: :func:`chunk_rows` of its width)."""
     with open_slide_h5(path, ("features",)) as f:
-        features = f["features"]
-        stop = len(features) if stop is None else min(stop, len(features))
-        step = rows or chunk_rows(features.shape[1])
-        for first in range(start, stop, step):
-            yield first, features[first : min(first + step, stop)].astype(np.float32, copy=False)
+        yield from _chunks(f["features"], rows)
+
+
+def _chunks(features, rows: int | None) -> Iterator[tuple[int, np.ndarray]]:
+    """Row blocks of an open ``features`` dataset, as float32."""
+    step = rows or chunk_rows(features.shape[1])
+    for first in range(0, len(features), step):
+        yield first, features[first : first + step].astype(np.float32, copy=False)
 
 
 def read_rows(path: str | os.PathLike, rows: np.ndarray, *, dataset: str = "features"):
@@ -101,9 +91,7 @@ def feature_mean(features) -> np.ndarray:
     if n == 0:
         return np.full(width, np.nan, dtype=np.float32)
     total = np.zeros(width, dtype=np.float64)
-    step = chunk_rows(width)
-    for first in range(0, n, step):
-        block = features[first : first + step].astype(np.float32, copy=False)
+    for _, block in _chunks(features, None):
         total += block.sum(axis=0, dtype=np.float64)
     return (total / n).astype(np.float32)
 

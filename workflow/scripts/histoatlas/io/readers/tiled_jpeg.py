@@ -57,6 +57,7 @@ class DecodedTiles:
         self._tiles: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self._level: int | None = None
+        self._fitted: tuple | None = None  # the last fit's arguments: a WSI reads one size
         self.capacity = 0
 
     def __len__(self) -> int:
@@ -64,6 +65,8 @@ class DecodedTiles:
 
     def fit(self, level: int, geom: LevelGeometry, width: int, height: int) -> None:
         """Make room for regions of ``width`` x ``height`` read at ``level``."""
+        if self._fitted == (level, width, height):  # the same again: nothing changes
+            return
         span_rows = -(-(height + 1) // geom.tile_h) + 1
         span_cols = -(-(width + 1) // geom.tile_w) + 1
         tiles = max(CACHE_ROWS, span_rows) * geom.tiles_across + span_rows * span_cols
@@ -72,6 +75,7 @@ class DecodedTiles:
             if level != self._level:  # another level: its own rows, not the largest seen
                 self._level, self.capacity = level, tiles
             self.capacity = max(self.capacity, tiles)
+            self._fitted = (level, width, height)
 
     def get(self, key: tuple[int, int, int]) -> np.ndarray | None:
         with self._lock:
@@ -85,10 +89,6 @@ class DecodedTiles:
             self._tiles[key] = tile
             while len(self._tiles) > self.capacity:
                 self._tiles.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._tiles.clear()
 
 
 class TiledJpegRegions:
