@@ -164,10 +164,13 @@ def _write_data(out, points, labels, slides, cells, maps, order, cols, settings,
     """Every data file but meta.js, the pyramid, thumbnails, saliency: (meta, summary)."""
     point_of_row = np.full(len(points), -1, np.int64)
     point_of_row[order] = np.arange(len(order))
-    size = _write_points(out, points, order)
+    # the map in the unit square and the slides in order of first appearance, for all files
+    unit = unit_square(points[["umap_x", "umap_y"]].to_numpy(np.float64))
+    slide_names = pd.unique(points["slide"])
+    size = _write_points(out, unit, order)
     label_meta, label_bytes = _write_labels(out, labels, order, len(points))
     thumbs, thumb_of_point = _thumbnails(out, points, order, slides, settings, num_workers)
-    size += label_bytes + _write_tiles(out, points, order, cols, thumb_of_point)
+    size += label_bytes + _write_tiles(out, points, unit, slide_names, order, cols, thumb_of_point)
     cell_point = np.full(cols * cols, -1, np.int32)
     cell_point[cells["cell_j"] * cols + cells["cell_i"]] = point_of_row[cells["index"]]
     size += write_data_script(out / "data/mosaic.js", "mosaic", {"cells": cell_point})
@@ -178,7 +181,7 @@ def _write_data(out, points, labels, slides, cells, maps, order, cols, settings,
         "n_total": len(points),
         "n_drawn": len(order),
         "labels": label_meta,
-        "slides": [str(s) for s in pd.unique(points["slide"])],
+        "slides": [str(s) for s in slide_names],
         "has_probability": bool(_pred_columns(points)),
         "mosaic": _mosaic_meta(cols, settings.tile_px),
         "thumbs": thumbs,
@@ -270,8 +273,8 @@ def _pred_columns(points: pd.DataFrame) -> list[str]:
     return [c for c in points.columns if c.startswith("pred_") and c != "pred_label"]
 
 
-def _write_points(out: Path, points: pd.DataFrame, order: np.ndarray) -> int:
-    xy = quantize_unit(unit_square(points[["umap_x", "umap_y"]].to_numpy(np.float64))[order])
+def _write_points(out: Path, unit: np.ndarray, order: np.ndarray) -> int:
+    xy = quantize_unit(unit[order])
     return write_data_script(out / "data/points.js", "points", {"xy": xy})
 
 
@@ -289,11 +292,11 @@ def _write_labels(out: Path, labels: Mapping[str, Any], order: np.ndarray, n: in
     return meta, size
 
 
-def _write_tiles(out, points, order, cols, thumb_of_point) -> int:
+def _write_tiles(out, points, unit, slide_names, order, cols, thumb_of_point) -> int:
     drawn = points.iloc[order]
     # index into meta.slides (the slides in order of first appearance in the points)
-    all_codes = pd.Categorical(drawn["slide"], categories=pd.unique(points["slide"])).codes
-    i, j = grid_cells(unit_square(points[["umap_x", "umap_y"]].to_numpy(np.float64)), cols)
+    all_codes = pd.Categorical(drawn["slide"], categories=slide_names).codes
+    i, j = grid_cells(unit, cols)
     cell = (j * cols + i)[order]
     payload = {
         "slide": all_codes.astype(smallest_uint(max(int(all_codes.max()), 0))),
