@@ -305,12 +305,18 @@ def shard_name(k):
     return f"{k:04d}"
 
 
-def plot_labels():
-    """Labels to draw UMAP plots by: the config's, then the built-ins."""
+def builtin_labels():
+    """The built-in labels this run has: slide and cluster, and prediction and
+    uncertainty when the model predicts."""
     builtin = ["slide", "cluster"]
     if config["run_info"]["predictions"]:
         builtin += ["prediction", "uncertainty"]
-    return list(dict.fromkeys(LABELS + builtin))
+    return builtin
+
+
+def plot_labels():
+    """Labels to draw UMAP plots by: the config's, then the built-ins."""
+    return list(dict.fromkeys(LABELS + builtin_labels()))
 
 
 def n_clusters_for_label(wildcards):
@@ -339,9 +345,7 @@ def atlas_labels():
     labels = config["atlas"]["labels"]
     if not labels:
         return plot_labels()
-    builtin = {"slide", "cluster"}
-    if config["run_info"]["predictions"]:
-        builtin |= {"prediction", "uncertainty"}
+    builtin = set(builtin_labels())
     unknown = [label for label in labels if label not in builtin | set(SHEET.columns)]
     if unknown and Path(config["slides"]).exists():  # (the demo's sheet may be unbuilt)
         columns = [c for c in SHEET.columns if c not in ("slide", "path", "mpp")]
