@@ -371,3 +371,19 @@ def test_cpu_threads_leave_cores_to_readers(model_dir, monkeypatch):
             assert threads == 2  # never raised
     finally:
         torch.set_num_threads(before)
+
+
+def test_tiles_out_of_candidate_order_never_reach_the_file():
+    """The writer appends rows as they come: a batch out of WSI.candidates' order (a reader
+    bug) stops the extraction before it is written."""
+    from histoatlas.analysis.extract import _check_order, _Extracted
+    from histoatlas.errors import HistoatlasError
+
+    done = _Extracted()
+    _check_order(np.array([0, 2, 5]), done)
+    _check_order(np.array([6]), done)
+    assert done.last == 6
+    for bad in ([6, 7], [8, 8], [9, 8]):  # a repeat of the last, within, or going back
+        with pytest.raises(HistoatlasError, match="out of grid order"):
+            _check_order(np.array(bad), done)
+    assert done.last == 6

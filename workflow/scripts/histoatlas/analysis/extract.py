@@ -106,7 +106,7 @@ class _Extracted:
 
     kept: int = 0
     seconds: float = 0.0
-    last: int = -1  # row-major grid rank of the last tile written
+    last: int = -1  # rank among WSI.candidates of the last tile written
 
 
 def extract_slide(
@@ -255,12 +255,12 @@ def _run_batches(wsi: WSI, extractor: Features, run: RunOptions, writer) -> _Ext
         ) as results,
     ):
         for batch, feats, preds in results:
-            _check_order(batch.grid, wsi.grid_shape, done)
+            ranks = rank[batch.grid[:, 0], batch.grid[:, 1]]
+            _check_order(ranks, done)
             writer.append(features=feats, coords=batch.coords, grid=batch.grid, predictions=preds)
             done.kept += len(feats)
             # candidates are read in order, so the last tile's rank counts those scanned
-            i, j = batch.grid[-1]
-            progress.set(int(rank[i, j]) + 1, note=f"{done.kept} kept")
+            progress.set(int(ranks[-1]) + 1, note=f"{done.kept} kept")
     done.seconds = time.perf_counter() - t_loop
     progress.close(done=len(candidates))
     return done
@@ -277,10 +277,10 @@ def _tile_counts(wsi: WSI, kept: int) -> dict:
     }
 
 
-def _check_order(grid: np.ndarray, grid_shape, done: _Extracted) -> None:
-    """Rows go into the file as they come, so they must come row by row (the order of
-    ``WSI.candidates``, which the readers keep); anything else is a bug, never a file."""
-    ranks = grid[:, 1].astype(np.int64) * int(grid_shape[0]) + grid[:, 0]
+def _check_order(ranks: np.ndarray, done: _Extracted) -> None:
+    """Rows go into the file as they come, so they must come in the order of
+    ``WSI.candidates`` (``ranks``: each tile's place in it), which the readers keep;
+    anything else is a bug, never a file."""
     if len(ranks) and (ranks[0] <= done.last or (np.diff(ranks) <= 0).any()):
         raise HistoatlasError(
             "tiles reached the writer out of grid order (row by row); the slide file would "
