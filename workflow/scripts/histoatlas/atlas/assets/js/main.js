@@ -66,23 +66,24 @@
       });
     }
 
+    applyLabel(k, codes) {
+      const label = this.ctx.meta.labels[k];
+      this.ctx.labels.set(k, codes);
+      this.ctx.current = k;
+      this.scatter.setColours(codes, label.palette);
+      HA.renderLegend($("legend"), label, codes);
+      HA.state.label = label.name;
+    }
+
     colourBy(k) {
       return this.loadLabel(k).then((codes) => {
-        const label = this.ctx.meta.labels[k];
-        this.ctx.current = k;
-        this.scatter.setColours(codes, label.palette);
-        HA.renderLegend($("legend"), label, codes);
-        HA.state.label = label.name;
+        this.applyLabel(k, codes);
         this.showSelection();
       });
     }
 
     firstPaint() {
-      const codes = HA.get("label-0").codes;
-      this.ctx.labels.set(0, codes);
-      this.scatter.setColours(codes, this.ctx.meta.labels[0].palette);
-      HA.renderLegend($("legend"), this.ctx.meta.labels[0], codes);
-      HA.state.label = this.ctx.meta.labels[0].name;
+      this.applyLabel(0, HA.get("label-0").codes);
       this.scatter.render();
       requestAnimationFrame(() => requestAnimationFrame(() => (HA.state.firstPaintMs = performance.now())));
     }
